@@ -1,0 +1,513 @@
+"""The composition root: builds the parts, starts every task, handles signals.
+
+Task tree (every task lives in the root nursery opened here)::
+
+    root
+    ├── signals      SIGTERM/SIGINT → graceful stop; SIGHUP → reload config and key
+    ├── capture      reopens the ALSA device whenever it fails (the thread does the reading)
+    ├── supervisor   connection after connection (each: sender, receiver, liveness)
+    └── monitor      watchdog, stall detection, STATUS=, periodic stats
+
+Data flows one way: capture thread → pipeline (gate, frames) → outbox → link sender →
+WebSocket; WebSocket → link receiver → session events → sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from dgd.backoff import Verdict
+from dgd.capture import CaptureThread, DeviceError, DeviceProblem, Heartbeat, run_abandonable
+from dgd.config import ApiKey, Config, ConfigError
+from dgd.events import (
+    AudioFrame,
+    DigitalSilence,
+    FinalizeMarker,
+    GateClosed,
+    GateOpened,
+    InvalidBuffer,
+    Period,
+    PipelineOutput,
+    SignalReturned,
+    Transcript,
+)
+from dgd.gate import Gate
+from dgd.link import LinkContext, OutboxFeed
+from dgd.logsetup import event
+from dgd.outbox import Outbox
+from dgd.pcm import PcmFormat
+from dgd.pipeline import CapturePipeline
+from dgd.sdnotify import Notifier
+from dgd.session import DuplicateFilter
+from dgd.sinks import TranscriptSinks
+from dgd.supervisor import Supervisor
+
+log = logging.getLogger("dgd.app")
+
+#: No period for this long means capture is stuck: STATUS says so and the watchdog stops.
+STALL_S: Final = 1.0
+#: A read blocked this long is given up: the thread is abandoned and the device reopened.
+#: (A blocked ALSA read cannot be interrupted safely, and a device that resumes by itself
+#: keeps the byte stream intact, so reopening waits a little longer than reporting.)
+REOPEN_AFTER_STALL_S: Final = 10.0
+#: Device reopen backoff: first retry, ceiling.
+DEVICE_RETRY_INITIAL_S: Final = 0.5
+DEVICE_RETRY_MAX_S: Final = 10.0
+#: How long shutdown waits for the capture thread to hand over its last partial frame.
+CAPTURE_STOP_GRACE_S: Final = 0.5
+#: The monitor's tick: stall detection resolution and STATUS refresh.
+MONITOR_TICK_S: Final = 1.0
+
+
+def pcm_format(config: Config) -> PcmFormat:
+    """The capture format the config asks for."""
+    return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
+
+
+def make_gate(config: Config) -> Gate[Period]:
+    """A gate from ``[gate]``."""
+    gate = config.gate
+    return Gate(
+        mode=gate.mode,
+        threshold_dbfs=gate.threshold_dbfs,
+        preroll_ms=gate.preroll_ms,
+        hangover_ms=gate.hangover_ms,
+        period_ms=config.audio.period_ms,
+    )
+
+
+@dataclass(slots=True)
+class StatusBoard:
+    """What ``STATUS=`` says, composed from the parts' states."""
+
+    device: str = "starting capture"
+    device_ok: bool = False
+    link: str = "connecting"
+    gate_open: bool = False
+    gate_mode: str = "energy"
+
+    def render(self) -> str:
+        if not self.device_ok:
+            return self.device
+        if self.link != "streaming":
+            return self.link
+        if self.gate_mode == "energy" and not self.gate_open:
+            return "gated: silence"
+        return "streaming"
+
+
+class Daemon:
+    """The running daemon: owns every part and the tasks that move data between them.
+
+    Args:
+        config: the validated config.
+        api_key: the API key.
+        environ: the process environment (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+        reload_config: re-reads the config and key for SIGHUP (None: reload only the key).
+        journal_send: ``systemd.journal.send`` or None to disable journald transcripts.
+        echo_transcripts: also log transcripts as lines (terminal use).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        api_key: ApiKey,
+        *,
+        notifier: Notifier,
+        reload_config: Callable[[], tuple[Config, ApiKey]] | None,
+        sinks: TranscriptSinks,
+    ) -> None:
+        self.config = config
+        self.api_key = api_key
+        self.notifier = notifier
+        self._reload_config = reload_config
+        self.sinks = sinks
+        self.fmt = pcm_format(config)
+        self.pipeline = CapturePipeline(self.fmt, make_gate(config), config.stream.frame_ms)
+        self.pipeline.finalize_on_close = config.gate.mode != "shadow"
+        self.heartbeat = Heartbeat()
+        self.feed = OutboxFeed(Outbox(self.fmt, config.stream.replay_buffer_s))
+        self.duplicates = DuplicateFilter()
+        self.stopping = trio.Event()
+        self.link = LinkContext(
+            feed=self.feed,
+            stream=config.stream,
+            on_transcript=self._on_transcript,
+            stopping=self.stopping,
+        )
+        self.status = StatusBoard(gate_mode=config.gate.mode)
+        self.supervisor = Supervisor(
+            self.link,
+            config=lambda: self.config,
+            api_key=lambda: self.api_key.value,
+            set_status=self._set_link_status,
+        )
+        self.capture: CaptureThread | None = None
+        self._capture_scope: trio.CancelScope | None = None
+        self._first_capture_attempt = trio.Event()
+        self._device_retry_s = DEVICE_RETRY_INITIAL_S
+        self._stalled = False
+        self._digital_silence = False
+        self.started_at = time.monotonic()
+        self.dropped_by_cause: dict[str, float] = {}
+
+    # -- the task tree -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until SIGTERM/SIGINT, then shut down gracefully (bounded by close_timeout_s)."""
+        async with trio.open_nursery() as root:
+            root.start_soon(self._signals, root.cancel_scope)
+            root.start_soon(self._capture_task)
+            supervisor_done = trio.Event()
+            self._supervisor_done = supervisor_done
+            root.start_soon(self._supervisor_task, supervisor_done)
+            await self._first_capture_attempt.wait()
+            self.notifier.ready(self.status.render())
+            event("started", "dgd is running: %s", self.status.render())
+            root.start_soon(self._monitor)
+
+    async def _supervisor_task(self, done: trio.Event) -> None:
+        try:
+            await self.supervisor.run()
+        finally:
+            done.set()
+
+    async def _signals(self, root_scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                    continue
+                await self._shutdown(signal.Signals(signum).name)
+                root_scope.cancel()
+                return
+
+    async def _shutdown(self, why: str) -> None:
+        close_timeout_s = self.config.stream.close_timeout_s
+        self.notifier.stopping("stopping: sending the last audio")
+        event("stopping", "stopping on %s: finishing within %.1f s", why, close_timeout_s)
+        self.stopping.set()
+        deadline = trio.current_time() + close_timeout_s
+        if self.capture is not None:
+            self.capture.stop_requested.set()
+        with trio.move_on_after(CAPTURE_STOP_GRACE_S):
+            while not self.feed.capture_done:
+                await trio.sleep(0.02)
+        if not self.feed.capture_done and self._capture_scope is not None:
+            self._capture_scope.cancel()  # stuck in a read: abandon it
+        self.feed.capture_done = True
+        self.feed.poke()
+        with trio.move_on_at(deadline):
+            await self._supervisor_done.wait()
+        outbox = self.feed.outbox
+        untranscribed_s = outbox.held_s
+        if untranscribed_s > 0:
+            event(
+                "shutdown_incomplete",
+                "stopped with %.1f s of captured audio not transcribed (%s)",
+                untranscribed_s,
+                "not connected" if not self.supervisor.connected else "no final results in time",
+                level=logging.WARNING,
+                untranscribed_s=f"{untranscribed_s:.2f}",
+            )
+        event("stopped", "dgd stopped", fields_map=self._stats_fields())
+
+    # -- capture -------------------------------------------------------------------------
+
+    async def _capture_task(self) -> None:
+        token = trio.lowlevel.current_trio_token()
+        while not self.stopping.is_set():
+            capture = CaptureThread(
+                device=self.config.audio.device,
+                fmt=self.fmt,
+                pipeline=self.pipeline,
+                deliver=self._deliver,
+                on_opened=self._on_device_opened,
+                heartbeat=self.heartbeat,
+                trio_token=token,
+            )
+            if self.capture is not None:
+                capture.generation = self.capture.generation + 1
+                self.capture.abandon()
+            self.capture = capture
+            self._capture_scope = trio.CancelScope()
+            with self._capture_scope:
+                try:
+                    await run_abandonable(capture.run, capture.generation)
+                except DeviceError as exc:
+                    await self._device_failed(exc)
+        self.feed.capture_done = True
+        self.feed.poke()
+
+    def _on_device_opened(self) -> None:
+        device = self.config.audio.device
+        if not self.status.device_ok:
+            event("device_opened", 'audio device "%s" opened; capturing', device, device=device)
+        self._device_retry_s = DEVICE_RETRY_INITIAL_S
+        self._stalled = False
+        self.status.device_ok = True
+        self.status.device = "capturing"
+        self._first_capture_attempt.set()
+        self._publish_status()
+
+    async def _device_failed(self, exc: DeviceError) -> None:
+        was_ok = self.status.device_ok
+        self.status.device_ok = False
+        self.status.device = f'waiting for audio device "{exc.device}"'
+        name = "device_lost" if was_ok else "device_unavailable"
+        event(
+            name,
+            "%s; retrying in %.1f s",
+            exc,
+            self._device_retry_s,
+            level=logging.ERROR,
+            repeat_key=f"device:{exc.problem.value}",
+            device=exc.device,
+            problem=exc.problem.value,
+        )
+        self._first_capture_attempt.set()
+        self._publish_status()
+        with trio.move_on_after(self._device_retry_s):
+            await self.stopping.wait()
+        if exc.problem is not DeviceProblem.OTHER or True:
+            self._device_retry_s = min(DEVICE_RETRY_MAX_S, self._device_retry_s * 2)
+
+    def _deliver(self, outputs: list[PipelineOutput]) -> None:
+        """In trio: take a batch from the capture thread."""
+        for item in outputs:
+            if isinstance(item, AudioFrame | FinalizeMarker):
+                dropped = self.feed.put(item)
+                if dropped is not None:
+                    self._count_drop("replay_buffer_full", dropped.seconds)
+                    event(
+                        "audio_dropped",
+                        "replay buffer full (stream.replay_buffer_s = %g): dropped the oldest "
+                        "%.1f s of audio",
+                        self.config.stream.replay_buffer_s,
+                        dropped.seconds,
+                        level=logging.WARNING,
+                        repeat_key="replay-buffer-full",
+                        dropped_s=f"{dropped.seconds:.2f}",
+                    )
+            elif isinstance(item, GateOpened):
+                self.status.gate_open = True
+                event(
+                    "gate_open",
+                    "speech: level %.1f dBFS above threshold %.1f dBFS",
+                    item.level_dbfs,
+                    item.threshold_dbfs,
+                    level=logging.DEBUG,
+                    level_dbfs=f"{item.level_dbfs:.1f}",
+                )
+                self._publish_status()
+            elif isinstance(item, GateClosed):
+                self.status.gate_open = False
+                event("gate_close", "silence: gate closed", level=logging.DEBUG)
+                self._publish_status()
+            elif isinstance(item, DigitalSilence):
+                self._digital_silence = True
+                event(
+                    "digital_silence",
+                    'audio device "%s" has delivered only exact zeros for %.0f s: the input is '
+                    "muted or dead (check `alsamixer` capture levels and the microphone), not "
+                    "just a quiet room",
+                    self.config.audio.device,
+                    item.duration_s,
+                    level=logging.WARNING,
+                )
+            elif isinstance(item, SignalReturned):
+                self._digital_silence = False
+                event("signal_returned", "input signal is back after %.0f s of digital silence",
+                      item.silent_s)
+            elif isinstance(item, InvalidBuffer):
+                event(
+                    "invalid_buffer",
+                    "dropped a capture buffer of %d bytes (expected %d): never sent",
+                    item.length_bytes,
+                    item.expected_bytes,
+                    level=logging.WARNING,
+                    repeat_key="invalid-buffer",
+                )
+
+    def _count_drop(self, cause: str, seconds: float) -> None:
+        self.dropped_by_cause[cause] = self.dropped_by_cause.get(cause, 0.0) + seconds
+
+    # -- transcripts ---------------------------------------------------------------------
+
+    def _on_transcript(self, transcript: Transcript) -> None:
+        if self.duplicates.accept(transcript):
+            self.sinks.emit(transcript)
+
+    # -- status, watchdog, stats ---------------------------------------------------------
+
+    def _set_link_status(self, text: str) -> None:
+        self.status.link = text
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        if not self.stopping.is_set():
+            self.notifier.status(self.status.render())
+
+    async def _monitor(self) -> None:
+        watchdog_s = self.notifier.watchdog_interval_s
+        tick_s = min(MONITOR_TICK_S, watchdog_s) if watchdog_s else MONITOR_TICK_S
+        next_watchdog = trio.current_time()
+        next_stats = trio.current_time() + self._stats_interval_s()
+        while True:
+            now = trio.current_time()
+            healthy = self._check_capture()
+            if watchdog_s and healthy and now >= next_watchdog:
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_s
+            if now >= next_stats:
+                self._log_stats()
+                next_stats = now + self._stats_interval_s()
+            await trio.sleep(tick_s)
+
+    def _stats_interval_s(self) -> float:
+        interval = self.config.output.stats_interval_s
+        return interval if interval > 0 else math.inf
+
+    def _check_capture(self) -> bool:
+        """True while audio is moving through the pipeline (what the watchdog vouches for)."""
+        beat = self.heartbeat
+        if not beat.opened:
+            return False
+        stale_s = time.monotonic() - beat.last_period_at
+        if stale_s < STALL_S:
+            if self._stalled:
+                self._stalled = False
+                event("device_resumed", "audio capture resumed")
+                self.status.device = "capturing"
+                self.status.device_ok = True
+                self._publish_status()
+            return True
+        if not self._stalled:
+            self._stalled = True
+            event(
+                "device_stalled",
+                'audio device "%s" stopped delivering audio; will reopen it after %.0f s',
+                self.config.audio.device,
+                REOPEN_AFTER_STALL_S,
+                level=logging.ERROR,
+            )
+            self.status.device_ok = False
+            self.status.device = f'audio device "{self.config.audio.device}" stalled'
+            self._publish_status()
+        if stale_s >= REOPEN_AFTER_STALL_S and self._capture_scope is not None:
+            beat.opened = False
+            self._capture_scope.cancel()
+        return False
+
+    def _stats_fields(self) -> dict[str, object]:
+        counters = self.pipeline.counters
+        period_s = self.fmt.period_ms / 1000
+        fields: dict[str, object] = {
+            "captured_s": f"{counters.periods_captured * period_s:.1f}",
+            "sent_s": f"{self.link.counters.sent_s:.1f}",
+            "gated_s": f"{counters.periods_gated * period_s:.1f}",
+            "replayed_s": f"{self.feed.outbox.replayed_s:.1f}",
+            "dropped_s": f"{sum(self.dropped_by_cause.values()):.1f}",
+            "overruns": self.heartbeat.overruns,
+            "invalid_buffers": counters.invalid_buffers,
+            "keepalives": self.link.counters.keepalives,
+            "finalizes": self.link.counters.finalizes,
+            "connects": self.supervisor.counters.connects,
+            "duplicates": self.duplicates.duplicates,
+            "transcripts": self.sinks.written,
+        }
+        for cause, seconds in self.dropped_by_cause.items():
+            fields[f"dropped_{cause}_s"] = f"{seconds:.1f}"
+        for cause, count in self.supervisor.counters.reconnects_by_cause.items():
+            fields[f"reconnects_{cause.replace('-', '_')}"] = count
+        return fields
+
+    def _log_stats(self) -> None:
+        fields = self._stats_fields()
+        event(
+            "stats",
+            "captured %s s, sent %s s, gated %s s, replayed %s s, dropped %s s, "
+            "%s keep-alives, %s transcripts",
+            fields["captured_s"],
+            fields["sent_s"],
+            fields["gated_s"],
+            fields["replayed_s"],
+            fields["dropped_s"],
+            fields["keepalives"],
+            fields["transcripts"],
+            fields_map=fields,
+        )
+
+    # -- reload --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config and key; apply what can change in place, reconnect for the rest."""
+        self.notifier.reloading()
+        if self._reload_config is None:
+            self.notifier.ready(self.status.render())
+            return
+        try:
+            new_config, new_key = self._reload_config()
+        except ConfigError as exc:
+            event(
+                "reload_failed",
+                "reload refused, the running config stays in force: %s",
+                exc,
+                level=logging.ERROR,
+            )
+            self.notifier.ready(self.status.render())
+            return
+        old = self.config
+        self.config = new_config
+        key_changed = new_key.value != self.api_key.value
+        self.api_key = new_key
+        if new_config.gate != old.gate:
+            gate = new_config.gate
+            self.pipeline.gate.reconfigure(
+                mode=gate.mode,
+                threshold_dbfs=gate.threshold_dbfs,
+                preroll_ms=gate.preroll_ms,
+                hangover_ms=gate.hangover_ms,
+            )
+            self.status.gate_mode = gate.mode
+            self.pipeline.finalize_on_close = gate.mode != "shadow"
+        self.sinks.reconfigure(new_config.output)
+        self.link.stream = new_config.stream
+        self.pipeline.set_frame_ms(new_config.stream.frame_ms)
+        self.feed.outbox.replay_buffer_s = new_config.stream.replay_buffer_s
+        self.supervisor.apply_stream_config()
+        from dgd.logsetup import set_level
+
+        set_level(new_config.log.level)
+        if new_config.audio != old.audio:
+            event(
+                "reload_partial",
+                "audio settings changed: they take effect after `systemctl restart dgd`",
+                level=logging.WARNING,
+            )
+            self.config = _with_audio(new_config, old)
+        if new_config.deepgram != old.deepgram or key_changed:
+            if self.supervisor.connected:
+                self.link.close_requested.set()
+                self.feed.poke()
+        last = self.supervisor.last_failure
+        if key_changed or (last is not None and last.verdict is Verdict.REJECTED):
+            self.supervisor.retry_now()
+        elif last is not None:
+            self.supervisor.retry_now()
+        event("reloaded", "configuration reloaded")
+        self.notifier.ready(self.status.render())
+
+
+def _with_audio(new: Config, old: Config) -> Config:
+    import dataclasses
+
+    return dataclasses.replace(new, audio=old.audio)

@@ -1,0 +1,171 @@
+"""What went wrong with a connection, and how long to wait before the next attempt.
+
+``classify_*`` turn what the shell observed (a rejected handshake, a close frame, a network
+error, a liveness timeout) into a ``Failure`` with a verdict; ``RetryPolicy`` turns a failure
+into a delay. The supervisor is the only caller. Randomness is injected (``random.Random``),
+time is a parameter. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+from typing import Final
+
+from dgd.messages import CloseInfo, HandshakeRejection
+
+#: A connection that stayed up this long was healthy: the next failure starts the backoff
+#: from the beginning again.
+STABLE_CONNECTION_S: Final = 60.0
+#: Ceiling for the rate-limited (429) backoff: a quota rarely frees up within minutes anyway.
+RATE_LIMITED_MAX_S: Final = 600.0
+
+
+class Verdict(enum.Enum):
+    """How the supervisor should react."""
+
+    TRANSIENT = "transient"  # network trouble or a server hiccup: retry soon, backing off
+    RATE_LIMITED = "rate-limited"  # 429 too many streams: retry, but back off longer
+    REJECTED = "rejected"  # key or parameters refused: will not fix itself; retry slowly
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed connection attempt or one lost connection, in words.
+
+    Attributes:
+        verdict: how to react.
+        cause: short machine-friendly cause for counters and journal fields
+            (``network``, ``timeout``, ``closed-1011``, ``http-503``, ``auth``, ...).
+        summary: one line for the journal, saying what happened and, when it will not fix
+            itself, what the operator should do.
+        status: short text for systemd's ``STATUS=`` (e.g. ``auth rejected (401)``).
+    """
+
+    verdict: Verdict
+    cause: str
+    summary: str
+    status: str
+
+
+_REJECTED_HINTS: Final = {
+    401: "the API key was rejected: put a valid key in the key file and run "
+    "`systemctl reload dgd`",
+    402: "the Deepgram project has no credit left: add credit, then `systemctl reload dgd`",
+    403: "the key lacks permission for this model or feature: check [deepgram.query] and the key's "
+    "role, then `systemctl reload dgd`",
+    400: "Deepgram refused the query parameters: check [deepgram.query] in /etc/dgd.toml, "
+    "then `systemctl reload dgd`",
+    404: "no Deepgram listen endpoint at this address: check deepgram.url",
+    405: "no Deepgram listen endpoint at this address: check deepgram.url",
+}
+
+
+def classify_rejection(rejection: HandshakeRejection) -> Failure:
+    """Classify a handshake answered with an HTTP error instead of an upgrade."""
+    status = rejection.status
+    detail = rejection.describe()
+    if status == 429:
+        return Failure(
+            Verdict.RATE_LIMITED,
+            "http-429",
+            f"Deepgram refused the stream: too many concurrent streams ({detail})",
+            "rate limited (429)",
+        )
+    if status in _REJECTED_HINTS or (400 <= status < 500 and status != 408):
+        hint = _REJECTED_HINTS.get(status, "the request was refused; check deepgram.url and the key")
+        label = "auth rejected" if status in (401, 403) else "request rejected"
+        return Failure(Verdict.REJECTED, f"http-{status}", f"{hint} ({detail})", f"{label} ({status})")
+    return Failure(
+        Verdict.TRANSIENT,
+        f"http-{status}",
+        f"Deepgram is unavailable ({detail})",
+        f"server error ({status})",
+    )
+
+
+def classify_close(close: CloseInfo) -> Failure:
+    """Classify a connection the server (or the network) closed while we were streaming."""
+    reason = f" {close.reason!r}" if close.reason else ""
+    tag = f" {close.tag}" if close.tag else ""
+    if close.code == 1008 or close.tag == "DATA-0000":
+        return Failure(
+            Verdict.REJECTED,
+            f"closed-{close.code}",
+            f"Deepgram could not decode the audio (close {close.code}{tag}{reason}); "
+            "check [audio] rate/channels and that [deepgram.query] sets no encoding",
+            f"audio rejected ({close.code}{tag})",
+        )
+    if close.tag == "NET-0001":
+        summary = (
+            f"Deepgram closed the stream: it received no audio or message in time "
+            f"(close {close.code}{tag}{reason})"
+        )
+    else:
+        summary = f"the stream was closed (close {close.code}{tag}{reason})"
+    return Failure(Verdict.TRANSIENT, f"closed-{close.code}", summary, f"closed ({close.code}{tag})")
+
+
+def network_failure(description: str) -> Failure:
+    """A DNS, TCP or TLS error, a reset, or a connection that dropped without a close frame."""
+    return Failure(Verdict.TRANSIENT, "network", f"network error: {description}", "network error")
+
+
+def timeout_failure(description: str) -> Failure:
+    """The server stopped answering (connect, ping or send timed out)."""
+    return Failure(Verdict.TRANSIENT, "timeout", f"timed out: {description}", "server not answering")
+
+
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, per verdict.
+
+    Args:
+        initial_s: ceiling of the first transient retry (the delay is uniform in [0, ceiling]).
+        max_s: the cap for transient retries.
+        rate_limited_s: base delay after a 429, doubled per consecutive 429.
+        rejected_s: delay after a rejected key or bad parameters (these do not fix themselves).
+        rng: the random source, injected so tests are exact.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial_s: float,
+        max_s: float,
+        rate_limited_s: float,
+        rejected_s: float,
+        rng: random.Random,
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.rate_limited_s = rate_limited_s
+        self.rejected_s = rejected_s
+        self._rng = rng
+        self.attempt = 0  # consecutive failures since the last stable connection
+        self._connected_at: float | None = None
+
+    def connected(self, now: float) -> None:
+        """A connection was established at ``now``."""
+        self._connected_at = now
+
+    def failed(self, failure: Failure, now: float) -> float:
+        """Record a failure at ``now`` and return the delay before the next attempt."""
+        if self._connected_at is not None and now - self._connected_at >= STABLE_CONNECTION_S:
+            self.attempt = 0
+        self._connected_at = None
+        exponent = min(self.attempt, 30)
+        self.attempt += 1
+        if failure.verdict is Verdict.REJECTED:
+            # Jitter of ±10 % keeps a fleet of devices with the same bad key from retrying in step.
+            return self.rejected_s * self._rng.uniform(0.9, 1.1)
+        if failure.verdict is Verdict.RATE_LIMITED:
+            ceiling = min(RATE_LIMITED_MAX_S, self.rate_limited_s * 2.0**exponent)
+            return self._rng.uniform(ceiling / 2, ceiling)
+        ceiling = min(self.max_s, self.initial_s * 2.0**exponent)
+        return self._rng.uniform(0.0, ceiling)
+
+    def reset(self) -> None:
+        """Start over (SIGHUP after fixing the key: retry at once, from the beginning)."""
+        self.attempt = 0
+        self._connected_at = None

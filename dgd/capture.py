@@ -1,0 +1,234 @@
+"""Audio capture: an ALSA PCM read in a worker thread, periods gated before trio sees them.
+
+The capture thread owns the PCM for its whole life (open, read, close happen in that thread,
+so a PCM is never closed under a blocked ``read``). It runs each period through the
+``CapturePipeline`` and hands only what must travel on (frames, Finalize markers, notices) to
+trio, in one ``from_thread.run_sync`` call per batch: in gated silence trio is not woken at all.
+A heartbeat (the monotonic time of the last period) tells the watchdog and the stall monitor
+that audio is moving.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import alsaaudio
+import trio
+
+from dgd.events import PipelineOutput
+from dgd.pcm import PcmFormat
+from dgd.pipeline import CapturePipeline
+
+log = logging.getLogger("dgd.capture")
+
+#: ALSA ring buffer of at least this long: it absorbs the capture thread waiting for trio
+#: (a TLS handshake, a burst of journal writes) without an overrun.
+ALSA_BUFFER_MS: Final = 500
+#: -EPIPE, what pyalsaaudio's read() returns as the size after an overrun (it re-prepares).
+EPIPE: Final = 32
+
+
+class DeviceProblem(enum.Enum):
+    """Why the audio device cannot be used, each with its own advice."""
+
+    MISSING = "missing"
+    BUSY = "busy"
+    PERMISSION = "permission"
+    UNPLUGGED = "unplugged"
+    OTHER = "error"
+
+
+_ADVICE: Final = {
+    DeviceProblem.MISSING: "no such device: plug the microphone in or check audio.device "
+    "(`dgd devices` lists the names)",
+    DeviceProblem.BUSY: "the device is busy: another program is using it (`fuser -v /dev/snd/*`)",
+    DeviceProblem.PERMISSION: "permission denied: the service user needs the `audio` group",
+    DeviceProblem.UNPLUGGED: "the device went away (unplugged?): waiting for it to return",
+    DeviceProblem.OTHER: "the device failed",
+}
+
+
+class DeviceError(Exception):
+    """The audio device could not be opened or stopped working."""
+
+    def __init__(self, device: str, problem: DeviceProblem, detail: str) -> None:
+        super().__init__(f'audio device "{device}": {_ADVICE[problem]} ({detail})')
+        self.device = device
+        self.problem = problem
+        self.detail = detail
+
+
+def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
+    """Turn an ``alsaaudio.ALSAAudioError`` (``"<strerror> [<device>]"``) into advice."""
+    text = str(exc)
+    lowered = text.lower()
+    if "no such file" in lowered or "unknown pcm" in lowered:
+        problem = DeviceProblem.MISSING
+    elif "busy" in lowered:
+        problem = DeviceProblem.BUSY
+    elif "permission" in lowered or "not permitted" in lowered:
+        problem = DeviceProblem.PERMISSION
+    elif "no such device" in lowered or "closed" in lowered or "i/o error" in lowered:
+        problem = DeviceProblem.UNPLUGGED
+    else:
+        problem = DeviceProblem.OTHER
+    return DeviceError(device, problem, text)
+
+
+def open_pcm(device: str, fmt: PcmFormat) -> Any:
+    """Open ``device`` for capture as S16_LE at the configured rate, channels and period.
+
+    Works with pyalsaaudio 0.8 (setters) and 0.9+ (keyword arguments; the setters are
+    deprecated there).
+
+    Raises:
+        DeviceError: the device is missing, busy, not permitted, or refuses the format.
+    """
+    periods = max(4, -(-ALSA_BUFFER_MS // fmt.period_ms))
+    try:
+        try:
+            pcm = alsaaudio.PCM(
+                type=alsaaudio.PCM_CAPTURE,
+                mode=alsaaudio.PCM_NORMAL,
+                device=device,
+                rate=fmt.rate_hz,
+                channels=fmt.channels,
+                format=alsaaudio.PCM_FORMAT_S16_LE,
+                periodsize=fmt.period_frames,
+                periods=periods,
+            )
+        except TypeError:  # pragma: no cover - pyalsaaudio 0.8 (Debian 12) has only setters
+            pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NORMAL, device=device)
+            pcm.setchannels(fmt.channels)
+            pcm.setrate(fmt.rate_hz)
+            pcm.setformat(alsaaudio.PCM_FORMAT_S16_LE)
+            pcm.setperiodsize(fmt.period_frames)
+    except alsaaudio.ALSAAudioError as exc:
+        raise classify_alsa_error(device, exc) from exc
+    return pcm
+
+
+#: trio 0.23 renamed ``cancellable`` to ``abandon_on_cancel``; Debian 12 ships trio 0.22.
+_ABANDON_KEYWORD: Final = (
+    "abandon_on_cancel"
+    if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+    else "cancellable"
+)
+
+
+async def run_abandonable(fn: Callable[[int], None], arg: int) -> None:
+    """Run ``fn(arg)`` in a worker thread; on cancellation return at once, leaving it running.
+
+    A blocked ALSA read cannot be interrupted, so cancellation abandons the thread; the
+    thread notices it is stale (``CaptureThread.generation``) when its read returns.
+    """
+    keyword: dict[str, bool] = {_ABANDON_KEYWORD: True}
+    await trio.to_thread.run_sync(fn, arg, **keyword)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class Heartbeat:
+    """Written by the capture thread, read by trio tasks (plain attribute reads are atomic)."""
+
+    last_period_at: float = 0.0  # time.monotonic() of the last period read; 0 = none yet
+    periods: int = 0
+    overruns: int = 0
+    opened: bool = False
+
+
+class CaptureThread:
+    """The body of one capture thread: open, read/gate/deliver until told to stop, close.
+
+    Args:
+        device: the ALSA PCM name.
+        fmt: the capture format.
+        pipeline: validation, gate and framing (shared across reopen generations; the
+            ``generation`` check keeps an abandoned thread from feeding it).
+        deliver: called in trio, with each non-empty batch of pipeline output.
+        heartbeat: updated after every period.
+        trio_token: the run to deliver into.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        fmt: PcmFormat,
+        pipeline: CapturePipeline,
+        deliver: Callable[[list[PipelineOutput]], None],
+        on_opened: Callable[[], None],
+        heartbeat: Heartbeat,
+        trio_token: trio.lowlevel.TrioToken,
+    ) -> None:
+        self.device = device
+        self.fmt = fmt
+        self.pipeline = pipeline
+        self._deliver = deliver
+        self._on_opened = on_opened
+        self.heartbeat = heartbeat
+        self._token = trio_token
+        self._lock = threading.Lock()
+        self.generation = 0
+        self.stop_requested = threading.Event()
+
+    def abandon(self) -> None:
+        """Make the running thread (if any) a stale generation: it will exit without feeding."""
+        with self._lock:
+            self.generation += 1
+
+    def run(self, generation: int) -> None:
+        """Capture until ``stop_requested`` (in a worker thread).
+
+        Raises:
+            DeviceError: the device could not be opened or failed while reading.
+        """
+        pcm = open_pcm(self.device, self.fmt)
+        try:
+            self.heartbeat.opened = True
+            self.heartbeat.last_period_at = time.monotonic()
+            self._call_trio(self._on_opened)
+            self._read_loop(pcm, generation)
+        finally:
+            self.heartbeat.opened = False
+            pcm.close()
+
+    def _read_loop(self, pcm: Any, generation: int) -> None:
+        while not self.stop_requested.is_set():
+            try:
+                n_frames, data = pcm.read()
+            except alsaaudio.ALSAAudioError as exc:
+                raise classify_alsa_error(self.device, exc) from exc
+            read_done_s = time.time()
+            with self._lock:
+                if generation != self.generation:
+                    return  # abandoned after a stall: a newer thread owns the pipeline now
+                if n_frames < 0:
+                    if -n_frames != EPIPE:
+                        raise DeviceError(
+                            self.device, DeviceProblem.OTHER, f"read failed with error {n_frames}"
+                        )
+                    self.heartbeat.overruns += 1
+                    continue
+                output = self.pipeline.feed(data, read_done_s)
+                self.heartbeat.last_period_at = time.monotonic()
+                self.heartbeat.periods += 1
+            if output:
+                self._call_trio(self._deliver, output)
+        with self._lock:
+            if generation == self.generation:
+                tail = self.pipeline.flush()
+                if tail:
+                    self._call_trio(self._deliver, tail)
+
+    def _call_trio(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+        except trio.RunFinishedError:
+            self.stop_requested.set()

@@ -1,0 +1,201 @@
+"""The command line: ``dgd run | check-config | devices | levels | fake-server | demo``.
+
+Process concerns only: arguments, logging set-up, exit codes (0 clean stop, 2 bad usage,
+78 invalid config, 1 unexpected), and ``trio.run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+from dgd import __version__
+
+if TYPE_CHECKING:
+    from dgd.config import Config
+
+EX_OK: Final = 0
+EX_UNEXPECTED: Final = 1
+EX_USAGE: Final = 2
+EX_CONFIG: Final = 78
+
+log = logging.getLogger("dgd.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgd",
+        description="Capture audio from ALSA, gate silence, stream speech to Deepgram, "
+        "write transcripts to journald.",
+    )
+    parser.add_argument("--version", action="version", version=f"dgd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("-c", "--config", default=None, help="config file (default /etc/dgd.toml)")
+    run.add_argument(
+        "--log-target",
+        choices=("auto", "journal", "stderr"),
+        default="auto",
+        help="where log lines go (auto: the journal when started by systemd, else stderr)",
+    )
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None,
+                     help="override log.level from the config")
+
+    check = commands.add_parser("check-config", help="validate the config and print it")
+    check.add_argument("-c", "--config", default=None, help="config file (default /etc/dgd.toml)")
+    check.add_argument("--no-device", action="store_true",
+                       help="do not try to open the audio device")
+
+    commands.add_parser("devices", help="list ALSA capture devices", add_help=False)
+    commands.add_parser("levels", help="live input level meter", add_help=False)
+    commands.add_parser("fake-server", help="run the local Deepgram-compatible server",
+                        add_help=False)
+    commands.add_parser("demo", help="run the daemon on the bundled sample against the fake "
+                        "server", add_help=False)
+    return parser
+
+
+PASSTHROUGH: Final = ("devices", "levels", "fake-server", "demo")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dgd`` command; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in PASSTHROUGH:
+        return _passthrough(args_list[0], args_list[1:])
+    parser = _parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return EX_OK if exc.code == 0 else EX_USAGE
+    if args.command == "check-config":
+        return check_config(args.config, open_device=not args.no_device)
+    return run(args.config, args.log_target, args.log_level)
+
+
+def _passthrough(command: str, rest: list[str]) -> int:
+    if command == "fake-server":
+        from dgd import fakeserver
+
+        return fakeserver.main(rest)
+    if command == "demo":
+        from dgd import demo
+
+        return demo.main(rest)
+    module = importlib.import_module(f"dgd.{command}")
+    exit_code: int = module.main(rest)
+    return exit_code
+
+
+def _config_path(path: str | None) -> str:
+    from dgd.config import DEFAULT_CONFIG_PATH
+
+    return path or os.environ.get("DGD_CONFIG", "") or DEFAULT_CONFIG_PATH
+
+
+def check_config(path: str | None, *, open_device: bool) -> int:
+    """``dgd check-config``: print the effective config (key redacted) or the problems."""
+    from dgd.config import ConfigError, load, load_api_key
+
+    config_path = _config_path(path)
+    try:
+        config = load(config_path)
+    except ConfigError as exc:
+        print(f"{config_path}: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+    problems: list[str] = []
+    warnings: list[str] = []
+    key_line = "# API key: not found"
+    try:
+        key, warnings = load_api_key(config.deepgram, os.environ)
+        key_line = f"# API key: <redacted>, from {key.source}"
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if open_device:
+        problems.extend(_device_problems(config))
+    print(f"# effective configuration from {config_path}")
+    print(key_line)
+    print(config.redacted())
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK
+
+
+def _device_problems(config: Config) -> list[str]:
+    from dgd.app import pcm_format
+    from dgd.capture import DeviceError, open_pcm
+
+    try:
+        pcm = open_pcm(config.audio.device, pcm_format(config))
+    except DeviceError as exc:
+        return [f"audio.device: {exc}"]
+    pcm.close()
+    return []
+
+
+def run(path: str | None, log_target: str, log_level: str | None) -> int:
+    """``dgd run``: the daemon in the foreground until SIGTERM/SIGINT."""
+    import trio
+
+    from dgd import logsetup
+    from dgd.config import ApiKey, Config, ConfigError, load, load_api_key
+
+    config_path = _config_path(path)
+    try:
+        config = load(config_path)
+        key, warnings = load_api_key(config.deepgram, os.environ)
+    except ConfigError as exc:
+        logsetup.setup(log_target, "info", os.environ)
+        logsetup.event(
+            "config_error",
+            "%s: invalid configuration, not starting:\n%s",
+            config_path,
+            exc,
+            level=logging.ERROR,
+        )
+        return EX_CONFIG
+    chosen = logsetup.setup(log_target, log_level or config.log.level, os.environ)
+    logsetup.SECRETS.set_secrets(key.value)
+    for warning in warnings:
+        logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
+
+    def reload() -> tuple[Config, ApiKey]:
+        new_config = load(config_path)
+        new_key, new_warnings = load_api_key(new_config.deepgram, os.environ)
+        logsetup.SECRETS.set_secrets(key.value, new_key.value)
+        for warning in new_warnings:
+            logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
+        return new_config, new_key
+
+    from dgd.app import Daemon
+    from dgd.sdnotify import Notifier
+    from dgd.sinks import TranscriptSinks
+
+    journal_send = logsetup.journal_module().send if config.output.journald else None
+    notifier = Notifier(os.environ)
+    sinks = TranscriptSinks(config.output, journal_send, echo_to_log=chosen == "stderr")
+    daemon = Daemon(config, key, notifier=notifier, reload_config=reload, sinks=sinks)
+    try:
+        trio.run(daemon.run, restrict_keyboard_interrupt_to_checkpoints=True)
+    except KeyboardInterrupt:
+        return EX_OK
+    except Exception:
+        log.exception("dgd stopped on an unexpected error; please report it")
+        return EX_UNEXPECTED
+    finally:
+        sinks.close()
+        notifier.close()
+    return EX_OK

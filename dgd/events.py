@@ -1,0 +1,137 @@
+"""Records that cross the line between the pure core and the trio shell.
+
+Every value here is a frozen, slotted dataclass named as a noun. Capture times are wall-clock
+seconds since the epoch (``time.time()`` at capture, corrected for continuity by
+``dgd.pipeline.CaptureClock``), because the contract's ``DGD_START``/``DGD_END`` are wall-clock.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """One ALSA period as captured.
+
+    Attributes:
+        data: S16_LE interleaved PCM, exactly one period long.
+        start_s: wall-clock time of its first sample.
+    """
+
+    data: bytes
+    start_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """Audio to send in one WebSocket binary message: whole, contiguous periods.
+
+    Attributes:
+        data: S16_LE PCM, never empty.
+        start_s: wall-clock capture time of its first sample.
+        duration_s: its duration in seconds (``len(data) / bytes_per_second``).
+    """
+
+    data: bytes
+    start_s: float
+    duration_s: float
+
+    @property
+    def end_s(self) -> float:
+        """Wall-clock capture time just after its last sample."""
+        return self.start_s + self.duration_s
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeMarker:
+    """The gate closed after speech: ask Deepgram to finalize what it has (``Finalize``).
+
+    Attributes:
+        at_s: wall-clock capture time at which the gate closed.
+    """
+
+    at_s: float
+
+
+OutboxItem = AudioFrame | FinalizeMarker
+
+
+@dataclass(frozen=True, slots=True)
+class GateOpened:
+    """The gate opened: speech (or something loud) started. ``at_s`` is capture time."""
+
+    at_s: float
+    level_dbfs: float
+    threshold_dbfs: float
+
+
+@dataclass(frozen=True, slots=True)
+class GateClosed:
+    """The gate closed after ``hangover_ms`` without speech. ``at_s`` is capture time."""
+
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class DigitalSilence:
+    """The input has been exact zeros for ``duration_s`` (muted mixer or dead microphone)."""
+
+    since_s: float
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReturned:
+    """Non-zero samples arrived again after a reported stretch of digital silence."""
+
+    at_s: float
+    silent_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidBuffer:
+    """A read returned a buffer that is not one whole period; it was dropped, never sent."""
+
+    at_s: float
+    length_bytes: int
+    expected_bytes: int
+
+
+CaptureNotice = GateOpened | GateClosed | DigitalSilence | SignalReturned | InvalidBuffer
+PipelineOutput = OutboxItem | CaptureNotice
+
+
+@dataclass(frozen=True, slots=True)
+class TimedWord:
+    """One recognised word with wall-clock capture times."""
+
+    word: str
+    start_s: float
+    end_s: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    """A transcript ready for the sinks, with wall-clock capture times.
+
+    Attributes:
+        text: the transcript (Deepgram's ``transcript``), never empty.
+        is_final / speech_final / from_finalize: Deepgram's flags.
+        confidence: Deepgram's confidence for the alternative.
+        start_s / end_s: wall-clock capture times of the audio it covers.
+        request_id: Deepgram's request id of the connection it came from.
+        words: the words with wall-clock times.
+    """
+
+    text: str
+    is_final: bool
+    speech_final: bool
+    from_finalize: bool
+    confidence: float
+    start_s: float
+    end_s: float
+    request_id: str
+    words: tuple[TimedWord, ...]

@@ -1,0 +1,270 @@
+"""One WebSocket connection to Deepgram: a sender, a receiver and a liveness check.
+
+The sender is the only writer: it takes items from the outbox (audio frames, Finalize
+markers), turns them into frames through the ``Session`` and sends them; when nothing has
+been sent for ``stream.keepalive_interval_s`` it sends ``KeepAlive``. The receiver is the only
+reader: it turns server messages into events. The liveness task pings and expects a pong, so
+a half-open connection or a server that stopped answering is noticed within
+``ping_interval_s + ping_timeout_s``. Any of them failing ends the link with a ``LinkFailure``
+for the supervisor; the link itself never decides to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from dgd import wsclient
+from dgd.backoff import Failure, classify_close, network_failure, timeout_failure
+from dgd.config import StreamConfig
+from dgd.events import AudioFrame, OutboxItem, Transcript
+from dgd.logsetup import event
+from dgd.messages import Metadata, Unrecognized, parse_close
+from dgd.outbox import Dropped, Outbox
+from dgd.session import Confirmed, Marker, Session, SessionEvent, SessionState
+
+log = logging.getLogger("dgd.link")
+
+#: Deepgram throttles audio arriving faster than 1.25× real time (deepgram.md §5), so replay
+#: after an outage is paced at that speed: faster would only queue on the server.
+REPLAY_SPEED: Final = 1.25
+#: Audio that may go out at once before pacing applies (covers the gate's pre-roll burst).
+PACING_BURST_S: Final = 2.0
+
+
+class LinkFailure(Exception):
+    """The connection failed; ``failure`` says how (for the supervisor)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.summary)
+        self.failure = failure
+
+
+class OutboxFeed:
+    """The outbox plus the wake-up the sender waits on. Lives as long as the daemon."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._changed = trio.Event()
+        self.capture_done = False  # capture stopped for good: no more items will come
+
+    def put(self, item: OutboxItem) -> Dropped | None:
+        """Queue an outbox item and wake the sender."""
+        dropped = self.outbox.put(item)
+        self._changed.set()
+        return dropped
+
+    def poke(self) -> None:
+        """Wake the sender to re-check its conditions (stop, capture done)."""
+        self._changed.set()
+
+    async def wait_changed(self) -> None:
+        """Wait until something was queued or ``poke`` was called."""
+        await self._changed.wait()
+        self._changed = trio.Event()
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    """Totals across all connections (the stats task reads them)."""
+
+    sent_s: float = 0.0
+    keepalives: int = 0
+    finalizes: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    unrecognized: int = 0
+
+
+@dataclass(slots=True)
+class LinkContext:
+    """What a link needs from the daemon; shared by every connection."""
+
+    feed: OutboxFeed
+    stream: StreamConfig
+    on_transcript: Callable[[Transcript], None]
+    stopping: trio.Event
+    counters: LinkCounters = field(default_factory=LinkCounters)
+    #: Set to end the current connection gracefully (CloseStream) so the supervisor reconnects
+    #: with new settings (config reload).
+    close_requested: trio.Event = field(default_factory=trio.Event)
+
+
+class _Run:
+    """One link's shared state: the first failure ends it."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.failure: Failure | None = None
+        self.closed_gracefully = False
+
+    def fail(self, failure: Failure) -> None:
+        if self.failure is None and not self.closed_gracefully:
+            self.failure = failure
+        self.scope.cancel()
+
+    def done(self) -> None:
+        self.closed_gracefully = True
+        self.scope.cancel()
+
+
+async def run_link(ws: wsclient.WebSocket, session: Session, ctx: LinkContext) -> None:
+    """Stream until the stream closes gracefully after ``CloseStream`` (stop or reload).
+
+    Raises:
+        LinkFailure: the connection failed, was closed by the server, or stopped answering.
+    """
+    async with trio.open_nursery() as nursery:
+        run = _Run(nursery.cancel_scope)
+        nursery.start_soon(_sender, ws, session, ctx, run)
+        nursery.start_soon(_receiver, ws, session, ctx, run)
+        nursery.start_soon(_liveness, ws, ctx, run)
+    session.connection_lost()
+    if run.failure is not None:
+        raise LinkFailure(run.failure)
+
+
+def _on_close(run: _Run, session: Session, exc: wsclient.Closed) -> None:
+    if session.state is SessionState.CLOSING and exc.code == 1000:
+        run.done()
+    elif exc.code == wsclient.ABNORMAL_CLOSURE:
+        run.fail(network_failure("the connection dropped without a close frame (1006)"))
+    else:
+        run.fail(classify_close(parse_close(exc.code, exc.reason)))
+
+
+async def _send_bytes(ws: wsclient.WebSocket, payload: bytes, timeout_s: float) -> None:
+    with trio.fail_after(timeout_s):
+        await ws.send_bytes(payload)
+
+
+async def _send_text(ws: wsclient.WebSocket, text: str, timeout_s: float) -> None:
+    with trio.fail_after(timeout_s):
+        await ws.send_text(text)
+
+
+async def _sender(ws: wsclient.WebSocket, session: Session, ctx: LinkContext, run: _Run) -> None:
+    feed, outbox = ctx.feed, ctx.feed.outbox
+    timeout_s = ctx.stream.ping_timeout_s
+    started_at = trio.current_time()
+    try:
+        while True:
+            finishing = ctx.close_requested.is_set() or (
+                ctx.stopping.is_set() and feed.capture_done
+            )
+            item = outbox.peek()
+            if item is None and finishing:
+                await _send_text(ws, session.close_stream(trio.current_time()), timeout_s)
+                ctx.counters.messages_out += 1
+                return
+            if item is None:
+                with trio.move_on_at(session.keepalive_due_at()):
+                    await feed.wait_changed()
+                    continue
+                text = session.handle_timer(trio.current_time())
+                if text is not None:
+                    await _send_text(ws, text, timeout_s)
+                    ctx.counters.keepalives += 1
+                    ctx.counters.messages_out += 1
+                continue
+            if isinstance(item, AudioFrame):
+                if not ctx.stopping.is_set():
+                    budget_s = PACING_BURST_S + (trio.current_time() - started_at) * REPLAY_SPEED
+                    wait_s = (session.timemap.sent_s + item.duration_s - budget_s) / REPLAY_SPEED
+                    if wait_s > 0:
+                        await _wait_or_keepalive(ws, session, ctx, wait_s)
+                        continue
+                payload = session.send_audio(item, trio.current_time())
+                outbox.take(session.timemap.sent_s)
+                await _send_bytes(ws, payload, timeout_s)
+                ctx.counters.sent_s += item.duration_s
+            else:
+                text = session.finalize(trio.current_time())
+                outbox.take(session.timemap.sent_s)
+                await _send_text(ws, text, timeout_s)
+                ctx.counters.finalizes += 1
+            ctx.counters.messages_out += 1
+    except wsclient.Closed as exc:
+        _on_close(run, session, exc)
+    except trio.TooSlowError:
+        run.fail(timeout_failure(f"a send did not complete within {timeout_s:g} s"))
+    except (OSError, trio.BrokenResourceError) as exc:
+        run.fail(network_failure(str(exc) or type(exc).__name__))
+
+
+async def _wait_or_keepalive(
+    ws: wsclient.WebSocket, session: Session, ctx: LinkContext, wait_s: float
+) -> None:
+    """Sleep for replay pacing, still sending KeepAlive if one falls due meanwhile."""
+    deadline = trio.current_time() + wait_s
+    while trio.current_time() < deadline:
+        await trio.sleep_until(min(deadline, session.keepalive_due_at()))
+        text = session.handle_timer(trio.current_time())
+        if text is not None:
+            await _send_text(ws, text, ctx.stream.ping_timeout_s)
+            ctx.counters.keepalives += 1
+
+
+async def _receiver(
+    ws: wsclient.WebSocket, session: Session, ctx: LinkContext, run: _Run
+) -> None:
+    outbox = ctx.feed.outbox
+    try:
+        while True:
+            payload = await ws.receive()
+            ctx.counters.messages_in += 1
+            for item in session.receive(payload):
+                _dispatch(item, session, ctx, outbox)
+            if session.state is SessionState.CLOSING and session.metadata is not None:
+                run.done()
+                return
+    except wsclient.Closed as exc:
+        _on_close(run, session, exc)
+    except (OSError, trio.BrokenResourceError) as exc:
+        run.fail(network_failure(str(exc) or type(exc).__name__))
+
+
+def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Outbox) -> None:
+    if isinstance(item, Transcript):
+        ctx.on_transcript(item)
+    elif isinstance(item, Confirmed):
+        outbox.confirm(item.offset_s)
+        session.timemap.forget_before(item.offset_s)
+    elif isinstance(item, Metadata):
+        event(
+            "metadata",
+            "Deepgram received %.2f s of audio on this stream (request %s)",
+            item.duration_s,
+            item.request_id,
+            request_id=item.request_id,
+            audio_s=f"{item.duration_s:.3f}",
+        )
+    elif isinstance(item, Unrecognized):
+        ctx.counters.unrecognized += 1
+        event(
+            "unrecognized_message",
+            "ignored a server message: %s [%s]",
+            item.reason,
+            item.excerpt,
+            level=logging.WARNING,
+            repeat_key=f"unrecognized:{item.reason[:40]}",
+        )
+    elif isinstance(item, Marker):
+        log.debug("%s at %.3f", item.kind, item.at_s)
+
+
+async def _liveness(ws: wsclient.WebSocket, ctx: LinkContext, run: _Run) -> None:
+    interval_s, timeout_s = ctx.stream.ping_interval_s, ctx.stream.ping_timeout_s
+    try:
+        while True:
+            await trio.sleep(interval_s)
+            with trio.fail_after(timeout_s):
+                await ws.ping()
+    except trio.TooSlowError:
+        run.fail(timeout_failure(f"no answer to a ping within {timeout_s:g} s"))
+    except wsclient.Closed:
+        pass  # the receiver reports the close with its code

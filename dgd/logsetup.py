@@ -1,0 +1,182 @@
+"""Logging: journald with structured ``DGD_*`` fields under systemd, readable stderr lines otherwise.
+
+Log records carry their journal fields in ``extra`` (``DGD_EVENT`` and friends, upper case,
+since journald drops other names). ``event()`` is the one way the daemon logs an event.
+A ``SecretFilter`` on every handler replaces the API key wherever it would appear, at any
+level and from any library logger; a ``RepeatFilter`` folds a flood of one message into one
+line and a count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+log = logging.getLogger("dgd")
+
+#: A message repeated within this window is counted, not logged again.
+REPEAT_WINDOW_S: Final = 300.0
+REDACTED: Final = "<redacted>"
+
+
+class SecretFilter(logging.Filter):
+    """Replaces secrets in the rendered message and in string fields of every record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._secrets: tuple[str, ...] = ()
+
+    def set_secrets(self, *secrets: str) -> None:
+        """The values never to print (empty and very short strings are ignored)."""
+        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret replaced."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._secrets:
+            message = record.getMessage()
+            scrubbed = self.scrub(message)
+            if scrubbed != message or record.args:
+                record.msg, record.args = scrubbed, None
+            for key, value in list(record.__dict__.items()):
+                if key.isupper() and isinstance(value, str):
+                    record.__dict__[key] = self.scrub(value)
+            if record.exc_info and record.exc_info[1] is not None:
+                # Tracebacks can carry headers; render now and scrub the text.
+                formatted = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+                record.exc_text = None
+                record.msg = f"{record.msg}\n{self.scrub(formatted)}"
+        return True
+
+
+class RepeatFilter(logging.Filter):
+    """Logs a warning or error once, then counts repeats and reports them in one line.
+
+    Records opt in by carrying ``dgd_repeat_key`` (lower case, so journald does not store it); the first of a key passes, the rest within
+    ``REPEAT_WINDOW_S`` are counted, and the next one after the window passes with
+    "(repeated N times in the last 5 min)" appended.
+    """
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(record, "dgd_repeat_key", None)
+        if not key:
+            return True
+        now = time.monotonic()
+        first_s, count = self._seen.get(key, (-1e18, 0))
+        if now - first_s < self.window_s:
+            self._seen[key] = (first_s, count + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if count:
+            minutes = round(self.window_s / 60)
+            record.msg = f"{record.getMessage()} (repeated {count} times in the last {minutes} min)"
+            record.args = None
+        return True
+
+
+class StderrFormatter(logging.Formatter):
+    """``2026-11-23 21:40:01 INFO gate_open: speech started`` — readable in a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        event = getattr(record, "DGD_EVENT", None)
+        prefix = f"{event}: " if event else ""
+        text = f"{stamp} {record.levelname} {prefix}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+SECRETS: Final = SecretFilter()
+
+
+def journal_module() -> Any:
+    """``systemd.journal`` (imported on demand: it has no type information)."""
+    return importlib.import_module("systemd.journal")
+
+
+def journal_available(environ: Mapping[str, str]) -> bool:
+    """True when stderr is connected to the journal (systemd sets ``JOURNAL_STREAM``)."""
+    stream = environ.get("JOURNAL_STREAM", "")
+    if not stream:
+        return False
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        info = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return info.st_dev == device and info.st_ino == inode
+
+
+def setup(target: str, level: str, environ: Mapping[str, str]) -> str:
+    """Configure the root logger once.
+
+    Args:
+        target: ``journal``, ``stderr`` or ``auto`` (journal when started by systemd).
+        level: ``debug``, ``info``, ``warning`` or ``error``.
+
+    Returns:
+        The target chosen (``journal`` or ``stderr``).
+    """
+    chosen = target
+    if target == "auto":
+        chosen = "journal" if journal_available(environ) else "stderr"
+    handler: logging.Handler
+    if chosen == "journal":
+        handler = journal_module().JournalHandler(SYSLOG_IDENTIFIER="dgd")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(StderrFormatter())
+    handler.addFilter(SECRETS)
+    handler.addFilter(RepeatFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    set_level(level)
+    return chosen
+
+
+def set_level(level: str) -> None:
+    """Apply ``log.level`` (also on reload). Library loggers stay at WARNING unless debugging."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.getLogger().setLevel(numeric)
+    logging.getLogger("dgd").setLevel(numeric)
+
+
+def event(
+    name: str,
+    message: str,
+    *args: object,
+    level: int = logging.INFO,
+    repeat_key: str | None = None,
+    logger: logging.Logger = log,
+    fields_map: Mapping[str, object] | None = None,
+    **fields: object,
+) -> None:
+    """Log one daemon event with ``DGD_EVENT=name`` and ``DGD_<FIELD>`` journal fields.
+
+    Fields come as keywords or, when computed, as ``fields_map``; names are upper-cased.
+    """
+    extra: dict[str, object] = {"DGD_EVENT": name}
+    for key, value in {**(fields_map or {}), **fields}.items():
+        extra[f"DGD_{key.upper()}"] = value
+    if repeat_key is not None:
+        extra["dgd_repeat_key"] = repeat_key
+    logger.log(level, message, *args, extra=extra)

@@ -1,0 +1,184 @@
+"""The per-period path from an ALSA read to outbox items: validate, stamp, measure, gate, frame.
+
+``CapturePipeline.feed`` is called once per ALSA read, in the capture thread, so that gate
+decisions are made before anything is handed to trio: gated silence then costs the event loop
+nothing (keep-alives aside), and speech reaches trio in frames of ``stream.frame_ms`` rather
+than one wake-up per period. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from dgd.events import (
+    AudioFrame,
+    DigitalSilence,
+    FinalizeMarker,
+    GateClosed,
+    GateOpened,
+    InvalidBuffer,
+    Period,
+    PipelineOutput,
+    SignalReturned,
+)
+from dgd.gate import Gate
+from dgd.pcm import PcmFormat, is_digital_silence, level_dbfs
+
+#: A read that returns later than this after the previous period's expected end is a gap
+#: (an overrun, a stall, a reopened device): the clock re-anchors to the wall clock. Smaller
+#: jitter is ALSA buffering, and the capture times stay contiguous.
+CLOCK_REANCHOR_S: Final = 0.08
+#: Exact zeros for this long are reported once as digital silence (muted mixer, dead input).
+DIGITAL_SILENCE_REPORT_S: Final = 5.0
+
+
+class CaptureClock:
+    """Assigns a wall-clock capture time to each period.
+
+    A period's first sample was captured one period before the read returned. Reads come back
+    with jitter (ALSA hands over whole periods from its buffer), so consecutive periods are kept
+    contiguous while the wall clock agrees within ``CLOCK_REANCHOR_S``, and re-anchored when it
+    does not (a stall, an overrun, a wall-clock step).
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self._period_s = period_s
+        self._next_start_s: float | None = None
+
+    def stamp(self, read_done_s: float) -> float:
+        """Return the capture start time of the period whose read finished at ``read_done_s``."""
+        observed_s = read_done_s - self._period_s
+        expected_s = self._next_start_s
+        start_s = (
+            expected_s
+            if expected_s is not None and abs(observed_s - expected_s) <= CLOCK_REANCHOR_S
+            else observed_s
+        )
+        self._next_start_s = start_s + self._period_s
+        return start_s
+
+    def reset(self) -> None:
+        """Forget continuity (the device was reopened)."""
+        self._next_start_s = None
+
+
+@dataclass(slots=True)
+class PipelineCounters:
+    """Running totals, in periods, bytes and events (read by the stats task)."""
+
+    periods_captured: int = 0
+    periods_forwarded: int = 0
+    periods_gated: int = 0
+    periods_would_drop: int = 0
+    invalid_buffers: int = 0
+    frames: int = 0
+    finalizes: int = 0
+
+
+class CapturePipeline:
+    """Validate, stamp, measure and gate periods; assemble forwarded periods into frames.
+
+    Args:
+        fmt: the capture format.
+        gate: the silence gate (owned by this pipeline from now on).
+        frame_ms: audio per outgoing frame; a whole number of periods.
+    """
+
+    def __init__(self, fmt: PcmFormat, gate: Gate[Period], frame_ms: int) -> None:
+        self.fmt = fmt
+        self.gate = gate
+        self.counters = PipelineCounters()
+        #: Send Finalize when the gate closes; False in shadow mode, where nothing is gated.
+        self.finalize_on_close = True
+        self._clock = CaptureClock(fmt.period_ms / 1000)
+        self._frame_bytes = fmt.period_bytes * max(1, frame_ms // fmt.period_ms)
+        self._pending: list[Period] = []
+        self._pending_bytes = 0
+        self._zeros_since_s: float | None = None
+        self._zeros_reported = False
+
+    def set_frame_ms(self, frame_ms: int) -> None:
+        """Change the frame size (config reload); takes effect with the next frame."""
+        self._frame_bytes = self.fmt.period_bytes * max(1, frame_ms // self.fmt.period_ms)
+
+    def feed(self, data: bytes, read_done_s: float) -> list[PipelineOutput]:
+        """Process one ALSA read that finished at wall-clock ``read_done_s``.
+
+        Returns:
+            Outbox items (frames, Finalize markers) and notices, in order. Empty while the gate
+            is closed and nothing noteworthy happened, which is the common case in silence.
+        """
+        out: list[PipelineOutput] = []
+        if len(data) != self.fmt.period_bytes:
+            # Zero-length and short/odd reads never become frames: an empty binary frame
+            # would close the Deepgram stream, and a partial frame would shift the samples.
+            self.counters.invalid_buffers += 1
+            out.append(InvalidBuffer(read_done_s, len(data), self.fmt.period_bytes))
+            self._clock.reset()
+            return out
+        start_s = self._clock.stamp(read_done_s)
+        period = Period(data, start_s)
+        self.counters.periods_captured += 1
+        self._track_digital_silence(period, out)
+        level = level_dbfs(data)
+        step = self.gate.feed(period, level)
+        if step.would_drop:
+            self.counters.periods_would_drop += 1
+        if step.opened:
+            out.append(GateOpened(step.forward[0].start_s, level, self.gate.threshold_dbfs))
+        if step.forward:
+            self.counters.periods_forwarded += len(step.forward)
+            for forwarded in step.forward:
+                self._append(forwarded, out)
+        else:
+            self.counters.periods_gated += 1
+        if step.closed:
+            self._flush(out)
+            out.append(GateClosed(start_s + self.fmt.period_ms / 1000))
+            if self.finalize_on_close:
+                self.counters.finalizes += 1
+                out.append(FinalizeMarker(start_s + self.fmt.period_ms / 1000))
+        return out
+
+    def flush(self) -> list[PipelineOutput]:
+        """End of capture: hand over the partial frame (shutdown then sends ``CloseStream``,
+        which makes Deepgram finalize everything, so no Finalize marker is needed here)."""
+        out: list[PipelineOutput] = []
+        self._flush(out)
+        self._clock.reset()
+        return out
+
+    def _append(self, period: Period, out: list[PipelineOutput]) -> None:
+        if self._pending:
+            last = self._pending[-1]
+            contiguous = abs(last.start_s + self.fmt.period_ms / 1000 - period.start_s) < 1e-6
+            if not contiguous:
+                self._flush(out)
+        self._pending.append(period)
+        self._pending_bytes += len(period.data)
+        if self._pending_bytes >= self._frame_bytes:
+            self._flush(out)
+
+    def _flush(self, out: list[PipelineOutput]) -> None:
+        if not self._pending:
+            return
+        data = b"".join(p.data for p in self._pending)
+        out.append(AudioFrame(data, self._pending[0].start_s, self.fmt.seconds(len(data))))
+        self.counters.frames += 1
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _track_digital_silence(self, period: Period, out: list[PipelineOutput]) -> None:
+        if is_digital_silence(period.data):
+            if self._zeros_since_s is None:
+                self._zeros_since_s = period.start_s
+            silent_s = period.start_s + self.fmt.period_ms / 1000 - self._zeros_since_s
+            if not self._zeros_reported and silent_s >= DIGITAL_SILENCE_REPORT_S:
+                self._zeros_reported = True
+                out.append(DigitalSilence(self._zeros_since_s, silent_s))
+            return
+        if self._zeros_since_s is not None and self._zeros_reported:
+            out.append(SignalReturned(period.start_s, period.start_s - self._zeros_since_s))
+        self._zeros_since_s = None
+        self._zeros_reported = False

@@ -1,0 +1,231 @@
+"""The Deepgram live-stream session, sans I/O: frames out, typed events in, keep-alive timing.
+
+One ``Session`` lives as long as one WebSocket connection. It turns audio frames and control
+commands into what goes on the wire, parses what comes back into events with wall-clock times
+(through the connection's ``TimeMap``), and says when the next ``KeepAlive`` is due. It never
+sends an empty binary frame: Deepgram reads one as "close the stream" (deepgram.md §2).
+Time (``now``) is a parameter: a monotonic clock reading chosen by the caller.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+from dgd.events import AudioFrame, TimedWord, Transcript
+from dgd.messages import (
+    CLOSESTREAM_MESSAGE,
+    FINALIZE_MESSAGE,
+    KEEPALIVE_MESSAGE,
+    Metadata,
+    SpeechStarted,
+    TranscriptResult,
+    Unrecognized,
+    UtteranceEnd,
+    parse_server_message,
+)
+from dgd.timemap import TimeMap
+
+
+class LocalProtocolError(Exception):
+    """The caller asked for something the protocol forbids (a bug in dgd, not the server)."""
+
+
+class SessionState(enum.Enum):
+    """Where the session is in its life."""
+
+    OPEN = "open"  # audio and control messages may be sent
+    CLOSING = "closing"  # CloseStream sent: waiting for the last results and Metadata
+    CLOSED = "closed"  # the connection is gone
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmed:
+    """A final result covered this connection's audio up to ``offset_s``: it is safe."""
+
+    offset_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A server event mapped to wall-clock capture time (UtteranceEnd, SpeechStarted)."""
+
+    kind: str
+    at_s: float
+
+
+SessionEvent = Transcript | Confirmed | Marker | Metadata | Unrecognized
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """What this session sent and received."""
+
+    audio_messages: int = 0
+    audio_bytes: int = 0
+    keepalives: int = 0
+    finalizes: int = 0
+    results: int = 0
+    unrecognized: int = 0
+
+
+class Session:
+    """One Deepgram live-transcription stream.
+
+    Args:
+        keepalive_interval_s: send ``KeepAlive`` when nothing was sent for this long
+            (Deepgram closes a stream with 1011/NET-0001 after 10 s without a message).
+        now: the monotonic time at which the connection opened.
+    """
+
+    def __init__(self, *, keepalive_interval_s: float, now: float) -> None:
+        self.state = SessionState.OPEN
+        self.timemap = TimeMap()
+        self.counters = SessionCounters()
+        self.request_id = ""
+        self.metadata: Metadata | None = None
+        self._keepalive_interval_s = keepalive_interval_s
+        self._last_sent_at = now
+
+    # -- outgoing ------------------------------------------------------------------------
+
+    def send_audio(self, frame: AudioFrame, now: float) -> bytes:
+        """Return the binary payload for ``frame`` and record where it lands in the stream.
+
+        Raises:
+            LocalProtocolError: the frame is empty, or the stream is closing.
+        """
+        if not frame.data:
+            raise LocalProtocolError("refusing to send an empty binary frame (Deepgram closes on it)")
+        self._require_open("audio")
+        self.timemap.append(frame.start_s, frame.duration_s)
+        self.counters.audio_messages += 1
+        self.counters.audio_bytes += len(frame.data)
+        self._last_sent_at = now
+        return frame.data
+
+    def finalize(self, now: float) -> str:
+        """Return the ``Finalize`` text frame: flush what Deepgram holds into final results."""
+        self._require_open("Finalize")
+        self.counters.finalizes += 1
+        self._last_sent_at = now
+        return FINALIZE_MESSAGE
+
+    def close_stream(self, now: float) -> str:
+        """Return the ``CloseStream`` text frame; afterwards only results come back."""
+        self._require_open("CloseStream")
+        self.state = SessionState.CLOSING
+        self._last_sent_at = now
+        return CLOSESTREAM_MESSAGE
+
+    def keepalive_due_at(self) -> float:
+        """When the next ``KeepAlive`` is due (``inf`` once the stream is closing)."""
+        if self.state is not SessionState.OPEN:
+            return math.inf
+        return self._last_sent_at + self._keepalive_interval_s
+
+    def handle_timer(self, now: float) -> str | None:
+        """Return the ``KeepAlive`` text frame if it is due at ``now``, else None."""
+        if now < self.keepalive_due_at():
+            return None
+        self.counters.keepalives += 1
+        self._last_sent_at = now
+        return KEEPALIVE_MESSAGE
+
+    def connection_lost(self) -> None:
+        """The WebSocket is gone; nothing more can be sent."""
+        self.state = SessionState.CLOSED
+
+    def _require_open(self, what: str) -> None:
+        if self.state is not SessionState.OPEN:
+            raise LocalProtocolError(f"cannot send {what}: the stream is {self.state.value}")
+
+    # -- incoming ------------------------------------------------------------------------
+
+    def receive(self, payload: str | bytes) -> list[SessionEvent]:
+        """Parse one server message into events; never raises on bad content.
+
+        A final result yields ``Confirmed`` (its audio is safe) and, unless its transcript is
+        empty, a ``Transcript`` with wall-clock times.
+        """
+        message = parse_server_message(payload)
+        if isinstance(message, TranscriptResult):
+            return self._on_result(message)
+        if isinstance(message, Metadata):
+            self.metadata = message
+            self.request_id = self.request_id or message.request_id
+            return [message]
+        if isinstance(message, UtteranceEnd):
+            return self._marker("utterance_end", message.last_word_end_s)
+        if isinstance(message, SpeechStarted):
+            return self._marker("speech_started", message.timestamp_s)
+        self.counters.unrecognized += 1
+        return [message]
+
+    def _marker(self, kind: str, offset_s: float) -> list[SessionEvent]:
+        if not self.timemap.segments:
+            return []
+        return [Marker(kind, self.timemap.to_wall(offset_s))]
+
+    def _on_result(self, result: TranscriptResult) -> list[SessionEvent]:
+        self.counters.results += 1
+        if result.request_id:
+            self.request_id = result.request_id
+        events: list[SessionEvent] = []
+        if result.is_final:
+            events.append(Confirmed(result.end_s))
+        if not result.transcript:
+            return events
+        if not self.timemap.segments:
+            self.counters.unrecognized += 1
+            events.append(Unrecognized("a transcript arrived before any audio was sent", ""))
+            return events
+        to_wall = self.timemap.to_wall
+        words = tuple(
+            TimedWord(
+                w.punctuated_word or w.word,
+                to_wall(w.start_s),
+                to_wall(w.end_s, is_end=True),
+                w.confidence,
+            )
+            for w in result.words
+        )
+        events.insert(
+            0,
+            Transcript(
+                text=result.transcript,
+                is_final=result.is_final,
+                speech_final=result.speech_final,
+                from_finalize=result.from_finalize,
+                confidence=result.confidence,
+                start_s=to_wall(result.start_s),
+                end_s=to_wall(result.end_s, is_end=True),
+                request_id=result.request_id or self.request_id,
+                words=words,
+            ),
+        )
+        return events
+
+
+class DuplicateFilter:
+    """Drops a final transcript that repeats audio already transcribed (a replay overlap).
+
+    Replay starts where the last final result ended, so duplicates should not happen; this is
+    the safety net that keeps the journal honest if the server cut differently on replay.
+    """
+
+    def __init__(self) -> None:
+        self._last_final_end_s = -math.inf
+        self.duplicates = 0
+
+    def accept(self, transcript: Transcript) -> bool:
+        """True if the transcript is new; finals advance the high-water mark."""
+        if transcript.end_s <= self._last_final_end_s + 1e-3:
+            if transcript.is_final:
+                self.duplicates += 1
+            return False
+        if transcript.is_final:
+            self._last_final_end_s = transcript.end_s
+        return True

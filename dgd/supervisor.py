@@ -1,0 +1,232 @@
+"""The supervisor: the one place that decides to retry, how soon, or to give up.
+
+It runs connections one after another. Each failure is classified (``dgd.backoff``), logged
+as one journal line with the classification, the attempt number and the next delay, shown in
+``STATUS=``, and followed by a wait that SIGHUP (a fixed key) or a stop cuts short. Audio that
+was sent but not confirmed by a final result goes back in front of the outbox (replay), so no
+word is lost to a dropped connection. The daemon never exits because Deepgram said no: a
+rejected key is retried slowly until someone fixes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from dgd import wsclient
+from dgd.backoff import (
+    Failure,
+    RetryPolicy,
+    Verdict,
+    classify_rejection,
+    network_failure,
+)
+from dgd.config import Config
+from dgd.link import LinkContext, LinkFailure, run_link
+from dgd.logsetup import event
+from dgd.messages import auth_headers, listen_url, parse_rejection
+from dgd.session import Session
+
+log = logging.getLogger("dgd.supervisor")
+
+
+@dataclass(slots=True)
+class SupervisorCounters:
+    """Connection history (the stats task reads it)."""
+
+    connects: int = 0
+    reconnects_by_cause: dict[str, int] = field(default_factory=dict)
+    catchup_started_at: float | None = None
+
+
+class Supervisor:
+    """Keeps one connection to Deepgram alive for as long as the daemon runs.
+
+    Args:
+        ctx: what every link shares (outbox, stream config, sinks, stop event).
+        config: returns the config in force (it changes on reload).
+        api_key: returns the API key in force (it changes on reload).
+        set_status: shows a line in ``STATUS=``.
+        rng: randomness for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        ctx: LinkContext,
+        *,
+        config: Callable[[], Config],
+        api_key: Callable[[], str],
+        set_status: Callable[[str], None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self._config = config
+        self._api_key = api_key
+        self._set_status = set_status
+        stream = config().stream
+        self.policy = RetryPolicy(
+            initial_s=stream.backoff_initial_s,
+            max_s=stream.backoff_max_s,
+            rate_limited_s=stream.rate_limited_backoff_s,
+            rejected_s=stream.rejected_retry_s,
+            rng=rng or random.Random(),
+        )
+        self.counters = SupervisorCounters()
+        self.connected = False
+        self.last_failure: Failure | None = None
+        self._retry_now = trio.Event()
+        self._last_logged: tuple[str, str] | None = None
+
+    def retry_now(self) -> None:
+        """Cut the current backoff wait short and start from the first attempt (SIGHUP)."""
+        self.policy.reset()
+        self._retry_now.set()
+
+    def apply_stream_config(self) -> None:
+        """Take over reloaded backoff settings."""
+        stream = self._config().stream
+        self.policy.initial_s = stream.backoff_initial_s
+        self.policy.max_s = stream.backoff_max_s
+        self.policy.rate_limited_s = stream.rate_limited_backoff_s
+        self.policy.rejected_s = stream.rejected_retry_s
+
+    def _finished(self) -> bool:
+        outbox = self.ctx.feed.outbox
+        return (
+            self.ctx.stopping.is_set()
+            and self.ctx.feed.capture_done
+            and not outbox.has_pending
+            and outbox.in_flight_s == 0
+        )
+
+    async def run(self) -> None:
+        """Connect, stream, and reconnect until the daemon stops and everything was sent."""
+        while not self._finished():
+            failure = await self._connect_once()
+            if failure is None:
+                if self.ctx.stopping.is_set():
+                    return
+                continue  # a reload closed the stream gracefully: reconnect with new settings
+            self.last_failure = failure
+            self.ctx.feed.outbox.rewind()
+            cause = failure.cause
+            self.counters.reconnects_by_cause[cause] = (
+                self.counters.reconnects_by_cause.get(cause, 0) + 1
+            )
+            if self.ctx.stopping.is_set():
+                # Shutting down: no backoff; one more immediate try, bounded by the
+                # caller's close timeout, may still deliver what is buffered.
+                self._log_decision(failure, 0.0)
+                await trio.sleep(0.2)
+                continue
+            delay_s = self.policy.failed(failure, trio.current_time())
+            self._log_decision(failure, delay_s)
+            await self._wait(delay_s, failure)
+
+    async def _connect_once(self) -> Failure | None:
+        config = self._config()
+        url = listen_url(
+            config.deepgram.url, config.deepgram.query, config.audio.rate, config.audio.channels
+        )
+        stream = config.stream
+        self._set_status("connecting")
+        try:
+            async with wsclient.connect(
+                url,
+                auth_headers(self._api_key()),
+                connect_timeout_s=stream.connect_timeout_s,
+                disconnect_timeout_s=min(2.0, stream.close_timeout_s),
+            ) as ws:
+                self._on_connected()
+                session = Session(
+                    keepalive_interval_s=stream.keepalive_interval_s, now=trio.current_time()
+                )
+                try:
+                    await run_link(ws, session, self.ctx)
+                finally:
+                    self.connected = False
+                    self.ctx.close_requested = trio.Event()
+        except wsclient.Rejected as exc:
+            return classify_rejection(parse_rejection(exc.status, exc.headers, exc.body))
+        except wsclient.NetworkError as exc:
+            return network_failure(str(exc))
+        except LinkFailure as exc:
+            return exc.failure
+        return None
+
+    def _on_connected(self) -> None:
+        self.connected = True
+        self.counters.connects += 1
+        self.policy.connected(trio.current_time())
+        outbox = self.ctx.feed.outbox
+        backlog_s = outbox.pending_s
+        self._last_logged = None
+        if self.last_failure is not None:
+            event(
+                "connected",
+                "connected to Deepgram again after %s; replaying %.1f s of audio",
+                self.last_failure.cause,
+                backlog_s,
+                attempt=self.policy.attempt,
+                backlog_s=f"{backlog_s:.2f}",
+            )
+            if backlog_s > 0:
+                self.counters.catchup_started_at = time.monotonic()
+        else:
+            event("connected", "connected to Deepgram", attempt=0)
+        self.last_failure = None
+        self._set_status("streaming")
+
+    def _log_decision(self, failure: Failure, delay_s: float) -> None:
+        """One journal line per decision; the same failure again is folded (RepeatFilter)."""
+        level = logging.ERROR if failure.verdict is Verdict.REJECTED else logging.WARNING
+        attempt = self.policy.attempt
+        event(
+            "disconnected",
+            "%s [%s]; attempt %d, next try in %.1f s; %.1f s of audio kept for replay",
+            failure.summary,
+            failure.verdict.value,
+            attempt,
+            delay_s,
+            self.ctx.feed.outbox.pending_s,
+            level=level,
+            repeat_key=f"disconnected:{failure.cause}:{failure.status}",
+            verdict=failure.verdict.value,
+            cause=failure.cause,
+            attempt=attempt,
+            next_delay_s=f"{delay_s:.1f}",
+        )
+
+    async def _wait(self, delay_s: float, failure: Failure) -> None:
+        deadline = trio.current_time() + delay_s
+        self._retry_now = trio.Event()
+        while True:
+            remaining_s = deadline - trio.current_time()
+            if remaining_s <= 0 or self._retry_now.is_set() or self.ctx.stopping.is_set():
+                return
+            if failure.verdict is Verdict.REJECTED:
+                self._set_status(f"{failure.status}; retrying in {remaining_s:.0f} s")
+            else:
+                self._set_status(
+                    f"reconnecting in {remaining_s:.1f} s (attempt {self.policy.attempt}): "
+                    f"{failure.status}"
+                )
+            # Refresh the countdown now and then, not every tick: STATUS= is for humans.
+            with trio.move_on_after(min(remaining_s, 10.0)):
+                await _wait_any(self._retry_now, self.ctx.stopping)
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        for ev in events:
+
+            async def waiter(ev: trio.Event = ev) -> None:
+                await ev.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(waiter)

@@ -1,0 +1,135 @@
+"""The one module that knows the WebSocket library (trio-websocket).
+
+Everything else sees ``WebSocket`` (send bytes/text, receive, ping, close) and three
+exceptions: ``Rejected`` (the handshake got an HTTP error), ``Closed`` (the connection ended,
+with the close code; 1006 when it dropped without a close frame) and ``NetworkError``
+(DNS/TCP/TLS). Swapping trio-websocket for a driver over wsproto stays a change to this file.
+trio-websocket offers no permessage-deflate, which is what we want: compression would cost
+CPU on every frame for audio that does not compress.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Final
+
+import trio
+import trio_websocket
+
+#: Largest server message accepted. Deepgram's results are a few kB; the cap only has to
+#: keep one absurd message from costing memory, and the parser rejects >1 MiB cheaply.
+MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
+#: Abnormal closure: the connection ended without a close frame (RFC 6455 §7.4.1).
+ABNORMAL_CLOSURE: Final = 1006
+
+
+class Rejected(Exception):
+    """The server answered the handshake with an HTTP error instead of upgrading."""
+
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes | None):
+        super().__init__(f"handshake rejected with HTTP {status}")
+        self.status = status
+        self.headers = tuple(headers)
+        self.body = body
+
+
+class Closed(Exception):
+    """The connection is closed; ``code`` 1006 means it dropped without a close frame."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"connection closed ({code} {reason})".strip())
+        self.code = code
+        self.reason = reason
+
+
+class NetworkError(Exception):
+    """The connection could not be established (DNS, TCP, TLS, timeout)."""
+
+
+def _closed_from(exc: trio_websocket.ConnectionClosed) -> Closed:
+    reason = exc.reason
+    code = getattr(reason, "code", None) or ABNORMAL_CLOSURE
+    text = getattr(reason, "reason", None) or ""
+    return Closed(int(code), str(text))
+
+
+class WebSocket:
+    """A connected WebSocket: one writer and one reader may use it concurrently."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary message (callers never pass an empty one)."""
+        try:
+            await self._ws.send_message(data)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed_from(exc) from exc
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message."""
+        try:
+            await self._ws.send_message(text)
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed_from(exc) from exc
+
+    async def receive(self) -> str | bytes:
+        """Wait for the next message."""
+        try:
+            message: str | bytes = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed_from(exc) from exc
+        return message
+
+    async def ping(self) -> None:
+        """Send a ping and wait for its pong (bound it with a cancel scope)."""
+        try:
+            await self._ws.ping()
+        except trio_websocket.ConnectionClosed as exc:
+            raise _closed_from(exc) from exc
+
+    async def aclose(self, code: int = 1000) -> None:
+        """Start the closing handshake (bounded by the connect's ``disconnect_timeout_s``)."""
+        await self._ws.aclose(code=code)
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    *,
+    connect_timeout_s: float,
+    disconnect_timeout_s: float,
+) -> AsyncIterator[WebSocket]:
+    """Open a WebSocket to ``url`` with extra request ``headers``.
+
+    Raises:
+        Rejected: the server refused the upgrade with an HTTP status.
+        NetworkError: name resolution, TCP, TLS or the handshake failed or timed out.
+    """
+    ssl_context = ssl.create_default_context() if url.startswith("wss:") else None
+    extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    async with AsyncExitStack() as stack:
+        try:
+            ws = await stack.enter_async_context(
+                trio_websocket.open_websocket_url(
+                    url,
+                    ssl_context,
+                    extra_headers=extra,
+                    max_message_size=MAX_MESSAGE_BYTES,
+                    connect_timeout=connect_timeout_s,
+                    disconnect_timeout=disconnect_timeout_s,
+                )
+            )
+        except trio_websocket.ConnectionRejected as exc:
+            raise Rejected(exc.status_code, exc.headers or (), exc.body) from exc
+        except trio_websocket.ConnectionTimeout as exc:
+            raise NetworkError(f"no answer within {connect_timeout_s:g} s") from exc
+        except trio_websocket.HandshakeError as exc:
+            cause = exc.__cause__
+            raise NetworkError(str(cause) if cause else "WebSocket handshake failed") from exc
+        except (OSError, trio.BrokenResourceError) as exc:  # ssl.SSLError is an OSError
+            raise NetworkError(str(exc) or type(exc).__name__) from exc
+        yield WebSocket(ws)
