@@ -14,19 +14,18 @@ WebSocket; WebSocket → link receiver → session events → sinks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd.backoff import Verdict
-from dgd.capture import CaptureThread, DeviceError, DeviceProblem, Heartbeat, run_abandonable
-from dgd.config import ApiKey, Config, ConfigError
+from dgd.capture import CaptureThread, DeviceError, Heartbeat, run_abandonable
+from dgd.config import ApiKey, AudioConfig, Config, ConfigError
 from dgd.events import (
     AudioFrame,
     DigitalSilence,
@@ -41,14 +40,18 @@ from dgd.events import (
 )
 from dgd.gate import Gate
 from dgd.link import LinkContext, OutboxFeed
-from dgd.logsetup import event
+from dgd.logsetup import event, set_level
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
 from dgd.pipeline import CapturePipeline
-from dgd.sdnotify import Notifier
 from dgd.session import DuplicateFilter
-from dgd.sinks import TranscriptSinks
 from dgd.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dgd.sdnotify import Notifier
+    from dgd.sinks import TranscriptSinks
 
 log = logging.getLogger("dgd.app")
 
@@ -72,15 +75,15 @@ def pcm_format(config: Config) -> PcmFormat:
     return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
 
 
-def make_gate(config: Config) -> Gate[Period]:
-    """A gate from ``[gate]``."""
+def make_gate(config: Config, period_ms: int) -> Gate[Period]:
+    """A gate from ``[gate]`` for periods of ``period_ms``."""
     gate = config.gate
     return Gate(
         mode=gate.mode,
         threshold_dbfs=gate.threshold_dbfs,
         preroll_ms=gate.preroll_ms,
         hangover_ms=gate.hangover_ms,
-        period_ms=config.audio.period_ms,
+        period_ms=period_ms,
     )
 
 
@@ -131,7 +134,9 @@ class Daemon:
         self._reload_config = reload_config
         self.sinks = sinks
         self.fmt = pcm_format(config)
-        self.pipeline = CapturePipeline(self.fmt, make_gate(config), config.stream.frame_ms)
+        self.pipeline = CapturePipeline(
+            self.fmt, make_gate(config, config.audio.period_ms), config.stream.frame_ms
+        )
         self.pipeline.finalize_on_close = config.gate.mode != "shadow"
         self.heartbeat = Heartbeat()
         self.feed = OutboxFeed(Outbox(self.fmt, config.stream.replay_buffer_s))
@@ -153,6 +158,10 @@ class Daemon:
         self.capture: CaptureThread | None = None
         self._capture_scope: trio.CancelScope | None = None
         self._first_capture_attempt = trio.Event()
+        self._capture_idle = trio.Event()  # set while no capture thread runs
+        self._capture_resume = trio.Event()  # cleared while an audio reload holds capture
+        self._capture_resume.set()
+        self._root: trio.Nursery | None = None
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
         self._stalled = False
         self._digital_silence = False
@@ -164,6 +173,7 @@ class Daemon:
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully (bounded by close_timeout_s)."""
         async with trio.open_nursery() as root:
+            self._root = root
             root.start_soon(self._signals, root.cancel_scope)
             root.start_soon(self._capture_task)
             supervisor_done = trio.Event()
@@ -199,9 +209,8 @@ class Daemon:
         if self.capture is not None:
             self.capture.stop_requested.set()
         with trio.move_on_after(CAPTURE_STOP_GRACE_S):
-            while not self.feed.capture_done:
-                await trio.sleep(0.02)
-        if not self.feed.capture_done and self._capture_scope is not None:
+            await self._capture_idle.wait()
+        if not self._capture_idle.is_set() and self._capture_scope is not None:
             self._capture_scope.cancel()  # stuck in a read: abandon it
         self.feed.capture_done = True
         self.feed.poke()
@@ -223,8 +232,11 @@ class Daemon:
     # -- capture -------------------------------------------------------------------------
 
     async def _capture_task(self) -> None:
+        """Keep a capture thread running; reopen the device whenever it fails or stalls."""
         token = trio.lowlevel.current_trio_token()
         while not self.stopping.is_set():
+            await self._capture_resume.wait()
+            self._capture_idle = trio.Event()
             capture = CaptureThread(
                 device=self.config.audio.device,
                 fmt=self.fmt,
@@ -235,15 +247,18 @@ class Daemon:
                 trio_token=token,
             )
             if self.capture is not None:
-                capture.generation = self.capture.generation + 1
                 self.capture.abandon()
+                capture.generation = self.capture.generation
             self.capture = capture
             self._capture_scope = trio.CancelScope()
-            with self._capture_scope:
-                try:
+            try:
+                with self._capture_scope:
                     await run_abandonable(capture.run, capture.generation)
-                except DeviceError as exc:
-                    await self._device_failed(exc)
+            except DeviceError as exc:
+                self._capture_idle.set()
+                await self._device_failed(exc)
+            finally:
+                self._capture_idle.set()
         self.feed.capture_done = True
         self.feed.poke()
 
@@ -277,8 +292,7 @@ class Daemon:
         self._publish_status()
         with trio.move_on_after(self._device_retry_s):
             await self.stopping.wait()
-        if exc.problem is not DeviceProblem.OTHER or True:
-            self._device_retry_s = min(DEVICE_RETRY_MAX_S, self._device_retry_s * 2)
+        self._device_retry_s = min(DEVICE_RETRY_MAX_S, self._device_retry_s * 2)
 
     def _deliver(self, outputs: list[PipelineOutput]) -> None:
         """In trio: take a batch from the capture thread."""
@@ -325,8 +339,11 @@ class Daemon:
                 )
             elif isinstance(item, SignalReturned):
                 self._digital_silence = False
-                event("signal_returned", "input signal is back after %.0f s of digital silence",
-                      item.silent_s)
+                event(
+                    "signal_returned",
+                    "input signal is back after %.0f s of digital silence",
+                    item.silent_s,
+                )
             elif isinstance(item, InvalidBuffer):
                 event(
                     "invalid_buffer",
@@ -449,7 +466,8 @@ class Daemon:
     # -- reload --------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """SIGHUP: re-read config and key; apply what can change in place, reconnect for the rest."""
+        """SIGHUP: re-read config and key; apply in place what can be, reconnect or reopen
+        for the rest. An invalid new config is refused and the running one stays."""
         self.notifier.reloading()
         if self._reload_config is None:
             self.notifier.ready(self.status.render())
@@ -459,18 +477,44 @@ class Daemon:
         except ConfigError as exc:
             event(
                 "reload_failed",
-                "reload refused, the running config stays in force: %s",
+                "reload refused, the running configuration stays in force:\n%s",
                 exc,
                 level=logging.ERROR,
             )
             self.notifier.ready(self.status.render())
             return
         old = self.config
-        self.config = new_config
         key_changed = new_key.value != self.api_key.value
         self.api_key = new_key
-        if new_config.gate != old.gate:
-            gate = new_config.gate
+        # Audio changes are applied by _switch_audio, which needs the old format until the
+        # audio captured in it has been sent.
+        self.config = dataclasses.replace(new_config, audio=old.audio)
+        self._apply_in_place(old, new_config)
+        changed = [
+            name
+            for name in ("deepgram", "audio", "gate", "stream", "output", "log")
+            if getattr(old, name) != getattr(new_config, name)
+        ]
+        if key_changed:
+            changed.append("api key")
+        if new_config.deepgram != old.deepgram or key_changed:
+            self._reconnect_gracefully()
+        if self.supervisor.last_failure is not None:
+            self.supervisor.retry_now()  # a fixed key or URL is tried at once
+        if new_config.audio != old.audio and self._root is not None:
+            self._root.start_soon(self._switch_audio, new_config.audio)
+        event(
+            "reloaded",
+            "configuration reloaded (%s changed)",
+            ", ".join(changed) or "nothing",
+            changed=",".join(changed),
+        )
+        self.notifier.ready(self.status.render())
+
+    def _apply_in_place(self, old: Config, new: Config) -> None:
+        """Gate, output, stream and log settings take effect at once."""
+        if new.gate != old.gate:
+            gate = new.gate
             self.pipeline.gate.reconfigure(
                 mode=gate.mode,
                 threshold_dbfs=gate.threshold_dbfs,
@@ -479,35 +523,69 @@ class Daemon:
             )
             self.status.gate_mode = gate.mode
             self.pipeline.finalize_on_close = gate.mode != "shadow"
-        self.sinks.reconfigure(new_config.output)
-        self.link.stream = new_config.stream
-        self.pipeline.set_frame_ms(new_config.stream.frame_ms)
-        self.feed.outbox.replay_buffer_s = new_config.stream.replay_buffer_s
+        self.sinks.reconfigure(new.output)
+        self.link.stream = new.stream
+        self.pipeline.set_frame_ms(new.stream.frame_ms)
+        self.feed.outbox.replay_buffer_s = new.stream.replay_buffer_s
         self.supervisor.apply_stream_config()
-        from dgd.logsetup import set_level
+        set_level(new.log.level)
 
-        set_level(new_config.log.level)
-        if new_config.audio != old.audio:
-            event(
-                "reload_partial",
-                "audio settings changed: they take effect after `systemctl restart dgd`",
-                level=logging.WARNING,
+    def _reconnect_gracefully(self) -> None:
+        """End the current stream with CloseStream (its finals arrive, nothing is lost); the
+        supervisor then connects again with the settings now in force."""
+        if self.supervisor.connected:
+            self.link.close_requested.set()
+            self.feed.poke()
+
+    async def _switch_audio(self, audio: AudioConfig) -> None:
+        """Reopen capture with new ``[audio]`` settings.
+
+        A new device with the same format is simply reopened. A new rate, channel count or
+        period needs a new stream too: capture is held, what was captured in the old format is
+        sent and finalized on the current connection (bounded by ``close_timeout_s``), then the
+        format changes, the stream reconnects and capture resumes.
+        """
+        old_fmt = self.fmt
+        new_fmt = PcmFormat(audio.rate, audio.channels, audio.period_ms)
+        self._capture_resume = trio.Event()
+        if self.capture is not None:
+            self.capture.stop_requested.set()
+        with trio.move_on_after(CAPTURE_STOP_GRACE_S + old_fmt.period_ms / 1000):
+            await self._capture_idle.wait()
+        if not self._capture_idle.is_set() and self._capture_scope is not None:
+            self._capture_scope.cancel()
+        if new_fmt != old_fmt:
+            self._reconnect_gracefully()
+            with trio.move_on_after(self.config.stream.close_timeout_s):
+                # A compound condition polled for at most close_timeout_s, once per reload.
+                while self.feed.outbox.held_s > 0 or self.supervisor.connected:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            lost_s = self.feed.outbox.reset(new_fmt)
+            if lost_s > 0:
+                self._count_drop("format_change", lost_s)
+                event(
+                    "audio_dropped",
+                    "%.1f s of audio captured before the format change could not be sent",
+                    lost_s,
+                    level=logging.WARNING,
+                    dropped_s=f"{lost_s:.2f}",
+                )
+            self.fmt = new_fmt
+            gate_mode = self.config.gate.mode
+            self.pipeline = CapturePipeline(
+                new_fmt, make_gate(self.config, audio.period_ms), self.config.stream.frame_ms
             )
-            self.config = _with_audio(new_config, old)
-        if new_config.deepgram != old.deepgram or key_changed:
-            if self.supervisor.connected:
-                self.link.close_requested.set()
-                self.feed.poke()
-        last = self.supervisor.last_failure
-        if key_changed or (last is not None and last.verdict is Verdict.REJECTED):
-            self.supervisor.retry_now()
-        elif last is not None:
-            self.supervisor.retry_now()
-        event("reloaded", "configuration reloaded")
-        self.notifier.ready(self.status.render())
-
-
-def _with_audio(new: Config, old: Config) -> Config:
-    import dataclasses
-
-    return dataclasses.replace(new, audio=old.audio)
+            self.pipeline.finalize_on_close = gate_mode != "shadow"
+        self.config = dataclasses.replace(self.config, audio=audio)
+        self.status.device_ok = False
+        self.status.device = f'opening audio device "{audio.device}"'
+        event(
+            "reload_audio",
+            'capture reopens: device "%s", %d Hz, %d channel(s), %d ms periods',
+            audio.device,
+            audio.rate,
+            audio.channels,
+            audio.period_ms,
+        )
+        self.capture = None
+        self._capture_resume.set()

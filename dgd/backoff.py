@@ -9,11 +9,13 @@ time is a parameter. This module does no I/O.
 from __future__ import annotations
 
 import enum
-import random
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from dgd.messages import CloseInfo, HandshakeRejection
+if TYPE_CHECKING:
+    import random
+
+    from dgd.messages import CloseInfo, HandshakeRejection
 
 #: A connection that stayed up this long was healthy: the next failure starts the backoff
 #: from the beginning again.
@@ -50,8 +52,7 @@ class Failure:
 
 
 _REJECTED_HINTS: Final = {
-    401: "the API key was rejected: put a valid key in the key file and run "
-    "`systemctl reload dgd`",
+    401: "the API key was rejected: put a valid key in the key file and run `systemctl reload dgd`",
     402: "the Deepgram project has no credit left: add credit, then `systemctl reload dgd`",
     403: "the key lacks permission for this model or feature: check [deepgram.query] and the key's "
     "role, then `systemctl reload dgd`",
@@ -74,9 +75,13 @@ def classify_rejection(rejection: HandshakeRejection) -> Failure:
             "rate limited (429)",
         )
     if status in _REJECTED_HINTS or (400 <= status < 500 and status != 408):
-        hint = _REJECTED_HINTS.get(status, "the request was refused; check deepgram.url and the key")
+        hint = _REJECTED_HINTS.get(
+            status, "the request was refused; check deepgram.url and the key"
+        )
         label = "auth rejected" if status in (401, 403) else "request rejected"
-        return Failure(Verdict.REJECTED, f"http-{status}", f"{hint} ({detail})", f"{label} ({status})")
+        return Failure(
+            Verdict.REJECTED, f"http-{status}", f"{hint} ({detail})", f"{label} ({status})"
+        )
     return Failure(
         Verdict.TRANSIENT,
         f"http-{status}",
@@ -104,7 +109,9 @@ def classify_close(close: CloseInfo) -> Failure:
         )
     else:
         summary = f"the stream was closed (close {close.code}{tag}{reason})"
-    return Failure(Verdict.TRANSIENT, f"closed-{close.code}", summary, f"closed ({close.code}{tag})")
+    return Failure(
+        Verdict.TRANSIENT, f"closed-{close.code}", summary, f"closed ({close.code}{tag})"
+    )
 
 
 def network_failure(description: str) -> Failure:
@@ -114,7 +121,9 @@ def network_failure(description: str) -> Failure:
 
 def timeout_failure(description: str) -> Failure:
     """The server stopped answering (connect, ping or send timed out)."""
-    return Failure(Verdict.TRANSIENT, "timeout", f"timed out: {description}", "server not answering")
+    return Failure(
+        Verdict.TRANSIENT, "timeout", f"timed out: {description}", "server not answering"
+    )
 
 
 class RetryPolicy:

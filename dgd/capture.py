@@ -15,16 +15,18 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import alsaaudio
 import trio
 
-from dgd.events import PipelineOutput
-from dgd.pcm import PcmFormat
-from dgd.pipeline import CapturePipeline
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dgd.events import PipelineOutput
+    from dgd.pcm import PcmFormat
+    from dgd.pipeline import CapturePipeline
 
 log = logging.getLogger("dgd.capture")
 

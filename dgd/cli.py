@@ -11,12 +11,13 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
 from dgd import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from dgd.config import Config
 
 EX_OK: Final = 0
@@ -45,20 +46,27 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="where log lines go (auto: the journal when started by systemd, else stderr)",
     )
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=None,
-                     help="override log.level from the config")
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=None,
+        help="override log.level from the config",
+    )
 
     check = commands.add_parser("check-config", help="validate the config and print it")
     check.add_argument("-c", "--config", default=None, help="config file (default /etc/dgd.toml)")
-    check.add_argument("--no-device", action="store_true",
-                       help="do not try to open the audio device")
+    check.add_argument(
+        "--no-device", action="store_true", help="do not try to open the audio device"
+    )
 
     commands.add_parser("devices", help="list ALSA capture devices", add_help=False)
     commands.add_parser("levels", help="live input level meter", add_help=False)
-    commands.add_parser("fake-server", help="run the local Deepgram-compatible server",
-                        add_help=False)
-    commands.add_parser("demo", help="run the daemon on the bundled sample against the fake "
-                        "server", add_help=False)
+    commands.add_parser(
+        "fake-server", help="run the local Deepgram-compatible server", add_help=False
+    )
+    commands.add_parser(
+        "demo", help="run the daemon on the bundled sample against the fake server", add_help=False
+    )
     return parser
 
 
@@ -151,7 +159,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     import trio
 
     from dgd import logsetup
-    from dgd.config import ApiKey, Config, ConfigError, load, load_api_key
+    from dgd.config import ApiKey, ConfigError, load, load_api_key
 
     config_path = _config_path(path)
     try:

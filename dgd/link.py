@@ -12,20 +12,23 @@ for the supervisor; the link itself never decides to retry.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
 from dgd import wsclient
 from dgd.backoff import Failure, classify_close, network_failure, timeout_failure
-from dgd.config import StreamConfig
 from dgd.events import AudioFrame, OutboxItem, Transcript
 from dgd.logsetup import event
 from dgd.messages import Metadata, Unrecognized, parse_close
-from dgd.outbox import Dropped, Outbox
 from dgd.session import Confirmed, Marker, Session, SessionEvent, SessionState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dgd.config import StreamConfig
+    from dgd.outbox import Dropped, Outbox
 
 log = logging.getLogger("dgd.link")
 
@@ -112,7 +115,7 @@ class _Run:
         self.scope.cancel()
 
 
-async def run_link(ws: wsclient.WebSocket, session: Session, ctx: LinkContext) -> None:
+async def run_link(ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext) -> None:
     """Stream until the stream closes gracefully after ``CloseStream`` (stop or reload).
 
     Raises:
@@ -137,17 +140,19 @@ def _on_close(run: _Run, session: Session, exc: wsclient.Closed) -> None:
         run.fail(classify_close(parse_close(exc.code, exc.reason)))
 
 
-async def _send_bytes(ws: wsclient.WebSocket, payload: bytes, timeout_s: float) -> None:
+async def _send_bytes(ws: wsclient.WebSocketPort, payload: bytes, timeout_s: float) -> None:
     with trio.fail_after(timeout_s):
         await ws.send_bytes(payload)
 
 
-async def _send_text(ws: wsclient.WebSocket, text: str, timeout_s: float) -> None:
+async def _send_text(ws: wsclient.WebSocketPort, text: str, timeout_s: float) -> None:
     with trio.fail_after(timeout_s):
         await ws.send_text(text)
 
 
-async def _sender(ws: wsclient.WebSocket, session: Session, ctx: LinkContext, run: _Run) -> None:
+async def _sender(
+    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, run: _Run
+) -> None:
     feed, outbox = ctx.feed, ctx.feed.outbox
     timeout_s = ctx.stream.ping_timeout_s
     started_at = trio.current_time()
@@ -197,7 +202,7 @@ async def _sender(ws: wsclient.WebSocket, session: Session, ctx: LinkContext, ru
 
 
 async def _wait_or_keepalive(
-    ws: wsclient.WebSocket, session: Session, ctx: LinkContext, wait_s: float
+    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, wait_s: float
 ) -> None:
     """Sleep for replay pacing, still sending KeepAlive if one falls due meanwhile."""
     deadline = trio.current_time() + wait_s
@@ -210,7 +215,7 @@ async def _wait_or_keepalive(
 
 
 async def _receiver(
-    ws: wsclient.WebSocket, session: Session, ctx: LinkContext, run: _Run
+    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, run: _Run
 ) -> None:
     outbox = ctx.feed.outbox
     try:
@@ -257,7 +262,7 @@ def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Ou
         log.debug("%s at %.3f", item.kind, item.at_s)
 
 
-async def _liveness(ws: wsclient.WebSocket, ctx: LinkContext, run: _Run) -> None:
+async def _liveness(ws: wsclient.WebSocketPort, ctx: LinkContext, run: _Run) -> None:
     interval_s, timeout_s = ctx.stream.ping_interval_s, ctx.stream.ping_timeout_s
     try:
         while True:

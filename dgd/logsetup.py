@@ -1,4 +1,4 @@
-"""Logging: journald with structured ``DGD_*`` fields under systemd, readable stderr lines otherwise.
+"""Logging: journald with structured ``DGD_*`` fields under systemd, readable lines otherwise.
 
 Log records carry their journal fields in ``extra`` (``DGD_EVENT`` and friends, upper case,
 since journald drops other names). ``event()`` is the one way the daemon logs an event.
@@ -14,8 +14,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger("dgd")
 
@@ -63,7 +65,8 @@ class SecretFilter(logging.Filter):
 class RepeatFilter(logging.Filter):
     """Logs a warning or error once, then counts repeats and reports them in one line.
 
-    Records opt in by carrying ``dgd_repeat_key`` (lower case, so journald does not store it); the first of a key passes, the rest within
+    Records opt in by carrying ``dgd_repeat_key`` (lower case, so journald does not store
+    it); the first of a key passes, the rest within
     ``REPEAT_WINDOW_S`` are counted, and the next one after the window passes with
     "(repeated N times in the last 5 min)" appended.
     """

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dgd.events import AudioFrame, FinalizeMarker, OutboxItem
-from dgd.pcm import PcmFormat
+
+if TYPE_CHECKING:
+    from dgd.pcm import PcmFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,16 @@ class Outbox:
         data = frame.data[skip_bytes:]
         skipped_s = self._fmt.seconds(skip_bytes)
         return AudioFrame(data, frame.start_s + skipped_s, frame.duration_s - skipped_s)
+
+    def reset(self, fmt: PcmFormat) -> float:
+        """Empty the outbox for a new audio format; returns the seconds of audio discarded."""
+        discarded_s = self.held_s
+        self._pending.clear()
+        self._in_flight.clear()
+        self._held_s = 0.0
+        self._confirmed_offset_s = 0.0
+        self._fmt = fmt
+        return discarded_s
 
     # -- introspection -------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ than one wake-up per period. This module does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from dgd.events import (
     AudioFrame,
@@ -22,8 +22,10 @@ from dgd.events import (
     PipelineOutput,
     SignalReturned,
 )
-from dgd.gate import Gate
 from dgd.pcm import PcmFormat, is_digital_silence, level_dbfs
+
+if TYPE_CHECKING:
+    from dgd.gate import Gate
 
 #: A read that returns later than this after the previous period's expected end is a gap
 #: (an overrun, a stall, a reopened device): the clock re-anchors to the wall clock. Smaller

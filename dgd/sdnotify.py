@@ -12,7 +12,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger("dgd.notify")
 

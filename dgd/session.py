@@ -98,7 +98,9 @@ class Session:
             LocalProtocolError: the frame is empty, or the stream is closing.
         """
         if not frame.data:
-            raise LocalProtocolError("refusing to send an empty binary frame (Deepgram closes on it)")
+            raise LocalProtocolError(
+                "refusing to send an empty binary frame (Deepgram closes on it)"
+            )
         self._require_open("audio")
         self.timemap.append(frame.start_s, frame.duration_s)
         self.counters.audio_messages += 1

@@ -11,11 +11,13 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from dgd.config import OutputConfig
-from dgd.events import Transcript
 from dgd.logsetup import event
+
+if TYPE_CHECKING:
+    from dgd.config import OutputConfig
+    from dgd.events import Transcript
 
 log = logging.getLogger("dgd.sinks")
 
@@ -32,7 +34,7 @@ def rfc3339(wall_s: float) -> str:
 class JournalSend(Protocol):
     """``systemd.journal.send``'s shape, so tests can pass their own."""
 
-    def __call__(self, MESSAGE: str, **fields: str) -> None: ...  # noqa: N803
+    def __call__(self, MESSAGE: str, **fields: str) -> None: ...
 
 
 def journal_fields(transcript: Transcript) -> dict[str, str]:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -26,11 +26,15 @@ from dgd.backoff import (
     classify_rejection,
     network_failure,
 )
-from dgd.config import Config
 from dgd.link import LinkContext, LinkFailure, run_link
 from dgd.logsetup import event
 from dgd.messages import auth_headers, listen_url, parse_rejection
 from dgd.session import Session
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dgd.config import Config
 
 log = logging.getLogger("dgd.supervisor")
 
@@ -53,6 +57,7 @@ class Supervisor:
         api_key: returns the API key in force (it changes on reload).
         set_status: shows a line in ``STATUS=``.
         rng: randomness for backoff jitter.
+        connect: opens a WebSocket (``wsclient.connect``; tests pass an in-memory one).
     """
 
     def __init__(
@@ -63,8 +68,10 @@ class Supervisor:
         api_key: Callable[[], str],
         set_status: Callable[[str], None],
         rng: random.Random | None = None,
+        connect: wsclient.Connector = wsclient.connect,
     ) -> None:
         self.ctx = ctx
+        self._connect = connect
         self._config = config
         self._api_key = api_key
         self._set_status = set_status
@@ -136,7 +143,7 @@ class Supervisor:
         stream = config.stream
         self._set_status("connecting")
         try:
-            async with wsclient.connect(
+            async with self._connect(
                 url,
                 auth_headers(self._api_key()),
                 connect_timeout_s=stream.connect_timeout_s,

@@ -46,7 +46,10 @@ class TimeMap:
         """
         offset_s = self.sent_s
         last = self._segments[-1] if self._segments else None
-        if last is not None and abs(last.wall_s + last.duration_s - wall_s) <= CONTIGUOUS_TOLERANCE_S:
+        if (
+            last is not None
+            and abs(last.wall_s + last.duration_s - wall_s) <= CONTIGUOUS_TOLERANCE_S
+        ):
             last.duration_s += duration_s
         else:
             self._segments.append(Segment(offset_s, wall_s, duration_s))
@@ -73,7 +76,7 @@ class TimeMap:
         return segment.wall_s + (offset_s - segment.offset_s)
 
     def forget_before(self, offset_s: float) -> None:
-        """Drop segments that end at or before ``offset_s`` (finalized audio), keeping memory flat."""
+        """Drop segments ending at or before ``offset_s`` (finalized audio): memory stays flat."""
         keep_from = 0
         while (
             keep_from < len(self._segments) - 1

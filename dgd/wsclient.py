@@ -11,12 +11,14 @@ CPU on every frame for audio that does not compress.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Final
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 import trio_websocket
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
 
 #: Largest server message accepted. Deepgram's results are a few kB; the cap only has to
 #: keep one absurd message from costing memory, and the parser rejects >1 MiB cheaply.
@@ -28,7 +30,9 @@ ABNORMAL_CLOSURE: Final = 1006
 class Rejected(Exception):
     """The server answered the handshake with an HTTP error instead of upgrading."""
 
-    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes | None):
+    def __init__(
+        self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes | None
+    ) -> None:
         super().__init__(f"handshake rejected with HTTP {status}")
         self.status = status
         self.headers = tuple(headers)
@@ -53,6 +57,28 @@ def _closed_from(exc: trio_websocket.ConnectionClosed) -> Closed:
     code = getattr(reason, "code", None) or ABNORMAL_CLOSURE
     text = getattr(reason, "reason", None) or ""
     return Closed(int(code), str(text))
+
+
+class WebSocketPort(Protocol):
+    """What the link needs from a connected WebSocket (tests provide an in-memory one)."""
+
+    async def send_bytes(self, data: bytes) -> None: ...
+    async def send_text(self, text: str) -> None: ...
+    async def receive(self) -> str | bytes: ...
+    async def ping(self) -> None: ...
+
+
+class Connector(Protocol):
+    """``connect``'s shape: an async context manager yielding a connected WebSocket."""
+
+    def __call__(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        connect_timeout_s: float,
+        disconnect_timeout_s: float,
+    ) -> AbstractAsyncContextManager[WebSocketPort]: ...
 
 
 class WebSocket:

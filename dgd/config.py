@@ -1,0 +1,712 @@
+"""Configuration: validate ``/etc/dgd.toml`` into frozen dataclasses, and find the API key.
+
+``parse()`` checks every key, type, range and cross-key rule and reports all problems at once,
+each naming the TOML key path. Everything here is pure except ``load()`` (reads the config file)
+and ``load_api_key()`` (reads the key file or systemd credential); nothing reads the clock.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Final
+
+DEFAULT_CONFIG_PATH: Final = "/etc/dgd.toml"
+#: Name of the systemd credential (``LoadCredential=deepgram-api-key:/etc/dgd/api-key``).
+CREDENTIAL_NAME: Final = "deepgram-api-key"
+API_KEY_ENV: Final = "DEEPGRAM_API_KEY"
+
+DEFAULT_URL: Final = "wss://api.deepgram.com/v1/listen"
+DEFAULT_QUERY: Final[tuple[tuple[str, str], ...]] = (
+    ("model", "nova-3"),
+    ("language", "en-US"),
+    ("smart_format", "true"),
+    ("interim_results", "false"),
+)
+GATE_MODES: Final = ("off", "energy", "shadow")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+#: Query parameters dgd derives from [audio]; letting the user set them too could only disagree
+#: with what is actually sent (Deepgram then fails to decode: close 1008 DATA-0000).
+AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
+#: Query parameters whose values are credentials; ``redacted()`` hides them.
+SECRET_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "apikey", "key"})
+#: Deepgram closes a live stream after 10 s with neither audio nor a KeepAlive (NET-0001).
+DEEPGRAM_IDLE_TIMEOUT_S: Final = 10.0
+
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_TOML_ERROR_POSITION: Final = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
+
+
+class ConfigError(Exception):
+    """The configuration (or the API key) is unusable.
+
+    Attributes:
+        problems: one line per problem, each ``"<key.path>: <problem> (got <value>)"``.
+        source: the file the problems come from, or ``""`` when not known.
+    """
+
+    def __init__(self, problems: Iterable[str] | str, *, source: str = "") -> None:
+        self.problems: tuple[str, ...] = (
+            (problems,) if isinstance(problems, str) else tuple(problems)
+        )
+        self.source = source
+        super().__init__(*self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class DeepgramConfig:
+    """Where to connect and what to ask for.
+
+    Attributes:
+        url: the live endpoint, ``ws://`` or ``wss://``, without a query string.
+        api_key_file: absolute path of a file holding only the key; ``""`` to look elsewhere.
+        query: ``[deepgram.query]`` as string pairs in file order, lists expanded to repeats.
+    """
+
+    url: str = DEFAULT_URL
+    api_key_file: str = ""
+    query: tuple[tuple[str, str], ...] = DEFAULT_QUERY
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    """The ALSA capture device and format (always S16_LE)."""
+
+    device: str = "default"
+    rate: int = 16000
+    channels: int = 1
+    period_ms: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """The silence gate. ``threshold_dbfs`` is None for "auto" (derived from the noise floor)."""
+
+    mode: str = "energy"
+    threshold_dbfs: float | None = None
+    preroll_ms: int = 300
+    hangover_ms: int = 1500
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    """The WebSocket link: framing, keep-alive, replay, timeouts and reconnect backoff."""
+
+    frame_ms: int = 100
+    keepalive_interval_s: float = 4.0
+    replay_buffer_s: float = 120.0
+    close_timeout_s: float = 5.0
+    connect_timeout_s: float = 10.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 10.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    rate_limited_backoff_s: float = 30.0
+    rejected_retry_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """Where transcripts go. ``jsonl`` is an absolute path or ``""`` (off); 0 s disables stats."""
+
+    journald: bool = True
+    jsonl: str = ""
+    interim: bool = False
+    stats_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging threshold: one of ``LOG_LEVELS``."""
+
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration; ``parse({})`` gives the defaults."""
+
+    deepgram: DeepgramConfig = DeepgramConfig()
+    audio: AudioConfig = AudioConfig()
+    gate: GateConfig = GateConfig()
+    stream: StreamConfig = StreamConfig()
+    output: OutputConfig = OutputConfig()
+    log: LogConfig = LogConfig()
+
+    def redacted(self) -> str:
+        """The effective configuration as TOML text, every key present, for ``dgd check-config``.
+
+        The API key is never part of a Config. Query parameters that carry credentials
+        (``SECRET_QUERY_KEYS``) are shown as ``"<redacted>"``; for every other config,
+        ``parse(tomllib.loads(cfg.redacted())) == cfg``.
+        """
+        lines = ["# dgd effective configuration (defaults filled in; secrets redacted)"]
+        for section in fields(self):
+            value = getattr(self, section.name)
+            lines += ["", f"[{section.name}]"]
+            for item in fields(value):
+                if item.name == "query":
+                    continue
+                lines.append(f"{item.name} = {_toml_value(getattr(value, item.name))}")
+            if isinstance(value, DeepgramConfig):
+                lines += ["", "[deepgram.query]", *_query_lines(value.query)]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A Deepgram API key and, in words, where it came from. Never printed."""
+
+    value: str = field(repr=False)
+    source: str
+
+    def __repr__(self) -> str:
+        return f"ApiKey(<redacted>, from {self.source})"
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+
+def _toml_string(text: str) -> str:
+    # TOML basic string: quote, backslash and control characters (but not tab) must be escaped.
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif (code < 0x20 and char != "\t") or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_value(value: object) -> str:
+    """Render a value in TOML syntax: used by ``redacted()`` and for "(got ...)" in messages."""
+    if value is None:  # only gate.threshold_dbfs = "auto" is None
+        return '"auto"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + (f" {items} " if items else "") + "}"
+    return str(value)  # TOML dates and times print as themselves
+
+
+def _query_scalar(text: str) -> str:
+    # Query values are stored as strings; write back true/false and integers bare so the
+    # effective config reads like the file. Either way it parses to the same strings.
+    if text in ("true", "false") or re.fullmatch(r"-?[1-9][0-9]*|0", text):
+        return text
+    return _toml_string(text)
+
+
+def _query_lines(query: tuple[tuple[str, str], ...]) -> list[str]:
+    # TOML keys are unique, so the repeats of one key are always adjacent: group them.
+    grouped: list[tuple[str, list[str]]] = []
+    for key, value in query:
+        shown = "<redacted>" if key.lower() in SECRET_QUERY_KEYS else value
+        if grouped and grouped[-1][0] == key:
+            grouped[-1][1].append(shown)
+        else:
+            grouped.append((key, [shown]))
+    lines = []
+    for key, values in grouped:
+        rendered = [_query_scalar(v) for v in values]
+        text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
+        lines.append(f"{_toml_key(key)} = {text}")
+    return lines
+
+
+class _Missing:
+    """Sentinel type for "key not present"."""
+
+
+_MISSING: Final = _Missing()
+
+
+class _Table:
+    """Reads one TOML table, recording problems instead of raising so parse() reports all.
+
+    On a problem a getter returns the default and marks the key bad, so cross-key checks
+    can skip keys that already have a complaint.
+    """
+
+    def __init__(self, path: str, raw: Mapping[str, object], problems: list[str]) -> None:
+        self.path = path
+        self.raw = raw
+        self.known: list[str] = []
+        self.bad: set[str] = set()
+        self._problems = problems
+
+    def full(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, text: str, value: object = _MISSING) -> None:
+        self.bad.add(key)
+        got = "" if value is _MISSING else f" (got {_toml_value(value)})"
+        self._problems.append(f"{self.full(key)}: {text}{got}")
+
+    def take(self, key: str) -> object:
+        self.known.append(key)
+        return self.raw.get(key, _MISSING)
+
+    def table(self, key: str) -> Mapping[str, object] | None:
+        value = self.take(key)
+        if value is _MISSING:
+            return None
+        if not isinstance(value, Mapping):
+            self.problem(key, f"must be a table ([{self.full(key)}])", value)
+            return None
+        return value
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(key, f"must be a whole number between {lo} and {hi}", value)
+            return default
+        return value if self.in_range(key, value, lo, hi, "") else default
+
+    def number(self, key: str, default: float, lo: float, hi: float, why: str = "") -> float:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.problem(key, f"must be a number between {lo!r} and {hi!r}", value)
+            return default
+        return float(value) if self.in_range(key, value, lo, hi, why) else default
+
+    def in_range(self, key: str, value: float, lo: float, hi: float, why: str) -> bool:
+        # Written as "not >=" so that NaN, which compares false to everything, is refused.
+        if not value >= lo:
+            self.problem(key, f"must be >= {lo!r}{why}", value)
+            return False
+        if not value <= hi:
+            self.problem(key, f"must be <= {hi!r}{why}", value)
+            return False
+        return True
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            self.problem(key, "must be true or false", value)
+            return default
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str):
+            self.problem(key, "must be a string", value)
+            return default
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, str) or value not in choices:
+            allowed = ", ".join(_toml_string(c) for c in choices)
+            self.problem(key, f"must be one of {allowed}", value)
+            return default
+        return value
+
+    def unknown_keys(self, schema: Mapping[str, list[str]]) -> None:
+        """Complain about every key this table did not read, suggesting what was meant."""
+        for key in self.raw:
+            if key not in self.known:
+                self._problems.append(f"{self.full(key)}: unknown key; {self._hint(key, schema)}")
+
+    def _hint(self, key: str, schema: Mapping[str, list[str]]) -> str:
+        # A key under the wrong table (or above all tables) is the likeliest slip, then a typo.
+        elsewhere = [
+            f"{path}.{key}" if path else key
+            for path, keys in schema.items()
+            if path != self.path and key in keys
+        ]
+        if elsewhere:
+            return f"did you mean {elsewhere[0]}?"
+        close = difflib.get_close_matches(key, self.known, n=1)
+        if close:
+            return f"did you mean {self.full(close[0])}?"
+        return ("valid tables: " if not self.path else "valid keys: ") + ", ".join(self.known)
+
+
+def _query(raw: Mapping[str, object], problems: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for key, value in raw.items():
+        path = f"deepgram.query.{_toml_key(key)}" if key else "deepgram.query"
+        if not key:
+            problems.append(f"{path}: parameter name must not be empty")
+        elif key.lower() in AUDIO_QUERY_KEYS:
+            problems.append(f"{path}: set from [audio]; remove it (got {_toml_value(value)})")
+        elif isinstance(value, list):
+            rendered = [_query_value(v) for v in value]
+            if any(r is None for r in rendered):
+                problems.append(
+                    f"{path}: list items must be strings, numbers or booleans"
+                    f" (got {_toml_value(value)})"
+                )
+            else:
+                pairs += [(key, r) for r in rendered if r is not None]
+        else:
+            text = _query_value(value)
+            if text is None:
+                problems.append(
+                    f"{path}: must be a string, number, boolean or a list of those"
+                    f" (got {_toml_value(value)})"
+                )
+            else:
+                pairs.append((key, text))
+    return tuple(pairs)
+
+
+def _query_value(value: object) -> str | None:
+    # Deepgram wants lowercase booleans (python SDK #712 leaked "True" into URLs).
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(value)
+    return None
+
+
+def _url(table: _Table) -> str:
+    url = table.string("url", DEFAULT_URL)
+    if "url" in table.bad:
+        return url
+    scheme, sep, rest = url.partition("://")
+    host = rest.split("/", 1)[0]
+    if "@" in host:
+        # Never echo it: the part before "@" may well be a secret.
+        table.problem("url", "must not contain credentials; use deepgram.api_key_file")
+    elif not sep or scheme not in ("ws", "wss") or not host:
+        hint = ""
+        if scheme in ("http", "https") and sep:
+            hint = f"; for {scheme}:// use {'wss' if scheme == 'https' else 'ws'}://"
+        table.problem("url", f"must be a ws:// or wss:// URL with a host{hint}", url)
+    elif "?" in url or "#" in url:
+        table.problem("url", "must not contain a query string; use [deepgram.query]", url)
+    return url
+
+
+def _absolute_path(table: _Table, key: str, what: str, *, show: bool = True) -> str:
+    path = table.string(key, "")
+    if path and not path.startswith("/") and key not in table.bad:
+        if show:
+            table.problem(key, f"must be an absolute path to {what}, or empty", path)
+        else:
+            # The commonest mistake here is pasting the key itself: don't echo it to the journal.
+            table.problem(key, f"must be an absolute path to {what}, not the key (value not shown)")
+    return path
+
+
+_DEFAULTS: Final = Config()
+
+
+def parse(data: Mapping[str, object]) -> Config:
+    """Validate a parsed TOML document (e.g. from ``tomllib.loads``) into a Config.
+
+    Args:
+        data: the top-level table. Every key is optional; missing keys take their defaults.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: listing every problem found, each naming its key path.
+    """
+    d = _DEFAULTS
+    problems: list[str] = []
+    root = _Table("", data, problems)
+    tables: dict[str, _Table] = {}
+
+    def section(name: str) -> _Table:
+        tables[name] = _Table(name, root.table(name) or {}, problems)
+        return tables[name]
+
+    dg = section("deepgram")
+    url = _url(dg)
+    key_file = _absolute_path(dg, "api_key_file", "a file holding the API key", show=False)
+    raw_query = dg.table("query")
+    query = DEFAULT_QUERY if raw_query is None else _query(raw_query, problems)
+
+    au = section("audio")
+    device = au.string("device", d.audio.device)
+    if not device and "device" not in au.bad:
+        au.problem("device", "must name an ALSA PCM; `dgd devices` lists them", device)
+    rate = au.integer("rate", d.audio.rate, 8000, 192000)
+    channels = au.integer("channels", d.audio.channels, 1, 8)
+    period_ms = au.integer("period_ms", d.audio.period_ms, 5, 200)
+    if not au.bad & {"rate", "period_ms"} and rate * period_ms % 1000:
+        # A period must hold whole frames; at 44100 Hz that means multiples of 10 ms.
+        step_ms = 1000 // math.gcd(rate, 1000)
+        au.problem(
+            "period_ms",
+            f"must be a multiple of {step_ms} at audio.rate = {rate}, so that each period"
+            " holds a whole number of frames",
+            period_ms,
+        )
+
+    ga = section("gate")
+    mode = ga.choice("mode", d.gate.mode, GATE_MODES)
+    threshold = _threshold(ga)
+    preroll_ms = ga.integer("preroll_ms", d.gate.preroll_ms, 0, 5000)
+    hangover_ms = ga.integer("hangover_ms", d.gate.hangover_ms, 0, 10000)
+
+    st = section("stream")
+    # With a bad period, check frame_ms only against the smallest valid period.
+    frame_lo_ms = 5 if "period_ms" in au.bad else period_ms
+    frame_ms = st.integer("frame_ms", d.stream.frame_ms, frame_lo_ms, 1000)
+    if "period_ms" in au.bad:
+        pass  # the period is wrong, so "a multiple of it" means nothing yet
+    elif "frame_ms" not in st.bad and frame_ms % period_ms:
+        st.problem("frame_ms", f"must be a multiple of audio.period_ms = {period_ms}", frame_ms)
+    idle = f"; Deepgram closes the stream after {DEEPGRAM_IDLE_TIMEOUT_S:g} s without data"
+    keepalive_s = st.number("keepalive_interval_s", d.stream.keepalive_interval_s, 0.5, 9.0, idle)
+    replay_s = st.number("replay_buffer_s", d.stream.replay_buffer_s, 0.0, 3600.0)
+    close_s = st.number("close_timeout_s", d.stream.close_timeout_s, 0.5, 60.0)
+    connect_s = st.number("connect_timeout_s", d.stream.connect_timeout_s, 1.0, 120.0)
+    ping_interval_s = st.number("ping_interval_s", d.stream.ping_interval_s, 1.0, 60.0)
+    ping_timeout_s = st.number("ping_timeout_s", d.stream.ping_timeout_s, 1.0, 60.0)
+    backoff_initial_s = st.number("backoff_initial_s", d.stream.backoff_initial_s, 0.1, 60.0)
+    backoff_max_s = st.number("backoff_max_s", d.stream.backoff_max_s, 1.0, 3600.0)
+    if not st.bad & {"backoff_initial_s", "backoff_max_s"} and backoff_max_s < backoff_initial_s:
+        st.problem(
+            "backoff_max_s",
+            f"must be >= stream.backoff_initial_s = {backoff_initial_s!r}",
+            backoff_max_s,
+        )
+    rate_limited_s = st.number(
+        "rate_limited_backoff_s", d.stream.rate_limited_backoff_s, 1.0, 3600.0
+    )
+    rejected_s = st.number("rejected_retry_s", d.stream.rejected_retry_s, 10.0, 86400.0)
+
+    ou = section("output")
+    journald = ou.boolean("journald", d.output.journald)
+    jsonl = _absolute_path(ou, "jsonl", "the JSON-lines transcript file")
+    interim = ou.boolean("interim", d.output.interim)
+    stats_s = ou.number("stats_interval_s", d.output.stats_interval_s, 0.0, 86400.0)
+
+    lo = section("log")
+    level = lo.choice("level", d.log.level, LOG_LEVELS)
+
+    schema = {"": root.known} | {name: t.known for name, t in tables.items()}
+    schema["deepgram"] = [k for k in dg.known if k != "query"]  # query is a table, not a key
+    root.unknown_keys(schema)
+    for t in tables.values():
+        t.unknown_keys(schema)
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        deepgram=DeepgramConfig(url=url, api_key_file=key_file, query=query),
+        audio=AudioConfig(device=device, rate=rate, channels=channels, period_ms=period_ms),
+        gate=GateConfig(
+            mode=mode, threshold_dbfs=threshold, preroll_ms=preroll_ms, hangover_ms=hangover_ms
+        ),
+        stream=StreamConfig(
+            frame_ms=frame_ms,
+            keepalive_interval_s=keepalive_s,
+            replay_buffer_s=replay_s,
+            close_timeout_s=close_s,
+            connect_timeout_s=connect_s,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            backoff_initial_s=backoff_initial_s,
+            backoff_max_s=backoff_max_s,
+            rate_limited_backoff_s=rate_limited_s,
+            rejected_retry_s=rejected_s,
+        ),
+        output=OutputConfig(
+            journald=journald, jsonl=jsonl, interim=interim, stats_interval_s=stats_s
+        ),
+        log=LogConfig(level=level),
+    )
+
+
+def _threshold(table: _Table) -> float | None:
+    value = table.take("threshold_dbfs")
+    if value is _MISSING or value == "auto":
+        return None
+    # -100 dBFS is below any real microphone's noise floor; 0 dBFS is full scale.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        table.problem("threshold_dbfs", 'must be "auto" or a number between -100.0 and 0.0', value)
+        return None
+    return float(value) if table.in_range("threshold_dbfs", value, -100.0, 0.0, "") else None
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text.
+
+    Args:
+        text: the TOML document.
+        source: where it came from, for syntax-error messages (a path, or ``"<string>"``).
+
+    Raises:
+        ConfigError: a TOML syntax error (``"<source>: line N, column C: <what>"``) or the
+            validation problems from ``parse()``.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        match = _TOML_ERROR_POSITION.search(message)
+        what = message[: match.start()] if match else message
+        where = match.group(1) if match else "end of document"
+        if where == "end of document":
+            # tomllib gives no line here; the last line is where the reader ran out.
+            where = f"line {text.count(chr(10)) + 1} (end of file)"
+        raise ConfigError(f"{source}: {where}: TOML syntax error: {what}", source=source) from None
+    try:
+        return parse(data)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source=source) from None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate a config file (the only place the config file is read).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8 or invalid; names the path.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{name}: config file not found; create it (etc/dgd.toml in the source lists every"
+            " key with its default) or pass another with -c PATH",
+            source=name,
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a config file", source=name) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{name}: permission denied; make it readable by the user dgd runs as",
+            source=name,
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read config file: {exc.strerror}", source=name) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{name}: not valid UTF-8 (byte {exc.start}); TOML files must be UTF-8", source=name
+        ) from None
+    return loads(text, source=name)
+
+
+def _read_key(path: str, where: str) -> str:
+    """Read and check a key file; ``where`` names the setting that pointed at it."""
+    try:
+        with open(path, "rb") as file:
+            raw = file.read()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{where}: {path} does not exist; create it holding only the key"
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            f"{where}: {path}: permission denied; make it readable by the user dgd runs as"
+            " (or pass it with systemd LoadCredential=)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    try:
+        key = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not text; it must hold only the API key") from None
+    if not key:
+        raise ConfigError(f"{where}: {path} is empty; put the Deepgram API key in it")
+    if not key.isprintable() or any(c.isspace() for c in key):
+        raise ConfigError(
+            f"{where}: {path} holds more than one word; it must hold only the API key"
+        )
+    return key
+
+
+def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKey, list[str]]:
+    """Find the Deepgram API key.
+
+    Looks, in order, at ``deepgram.api_key_file`` (if set), the systemd credential
+    ``$CREDENTIALS_DIRECTORY/deepgram-api-key`` (if that file exists), then
+    ``$DEEPGRAM_API_KEY``. Surrounding whitespace is stripped. No message contains the key.
+
+    Args:
+        cfg: the [deepgram] config.
+        environ: the process environment (``os.environ`` in production).
+
+    Returns:
+        The key, and warnings for the operator (a key file readable by group or others).
+
+    Raises:
+        ConfigError: no key anywhere, or the chosen source is unreadable, empty or malformed.
+    """
+    warnings: list[str] = []
+    if cfg.api_key_file:
+        path = cfg.api_key_file
+        key = _read_key(path, "deepgram.api_key_file")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = 0  # it was readable a moment ago; the warning is only advice
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.append(
+                f"deepgram.api_key_file: {path} is readable by group or others;"
+                f" run: chmod 600 {path}"
+            )
+        return ApiKey(key, f"file {path}"), warnings
+
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY", "")
+    if cred_dir:
+        path = os.path.join(cred_dir, CREDENTIAL_NAME)
+        if os.path.exists(path):
+            key = _read_key(path, f"credential {CREDENTIAL_NAME}")
+            return ApiKey(key, f"credential {CREDENTIAL_NAME}"), warnings
+
+    if environ.get(API_KEY_ENV, "").strip():
+        key = environ[API_KEY_ENV].strip()
+        if not key.isprintable() or any(c.isspace() for c in key):
+            raise ConfigError(f"${API_KEY_ENV}: holds more than one word; set it to the key only")
+        return ApiKey(key, f"environment {API_KEY_ENV}"), warnings
+
+    looked = (
+        f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} does not exist"
+        if cred_dir
+        else "$CREDENTIALS_DIRECTORY is not set"
+    )
+    raise ConfigError(
+        f"deepgram.api_key_file: no Deepgram API key found (deepgram.api_key_file is empty,"
+        f" {looked}, ${API_KEY_ENV} is not set or empty); put the key in a file readable only"
+        f" by dgd (chmod 600) and either set deepgram.api_key_file to its path or add"
+        f" LoadCredential={CREDENTIAL_NAME}:/etc/dgd/api-key to the unit; or set ${API_KEY_ENV}"
+    )

@@ -1,0 +1,806 @@
+"""Tests for dgd.config: parsing, validation messages, redaction, the API key and etc/dgd.toml."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from dgd.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_QUERY,
+    ApiKey,
+    AudioConfig,
+    Config,
+    ConfigError,
+    DeepgramConfig,
+    GateConfig,
+    LogConfig,
+    OutputConfig,
+    StreamConfig,
+    load,
+    load_api_key,
+    loads,
+    parse,
+)
+
+REPO: Path = Path(__file__).resolve().parent.parent
+D: Config = Config()
+SECRET: str = "dg-secret-0123456789abcdef"
+
+
+def problems(text: str) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        loads(text)
+    return info.value.problems
+
+
+# ---------------------------------------------------------------- defaults and good input
+
+
+def test_defaults() -> None:
+    cfg = parse({})
+    assert cfg == Config()
+    assert cfg.deepgram == DeepgramConfig(
+        url="wss://api.deepgram.com/v1/listen",
+        api_key_file="",
+        query=(
+            ("model", "nova-3"),
+            ("language", "en-US"),
+            ("smart_format", "true"),
+            ("interim_results", "false"),
+        ),
+    )
+    assert cfg.audio == AudioConfig(device="default", rate=16000, channels=1, period_ms=20)
+    assert cfg.gate == GateConfig(
+        mode="energy", threshold_dbfs=None, preroll_ms=300, hangover_ms=1500
+    )
+    assert cfg.stream == StreamConfig(
+        frame_ms=100,
+        keepalive_interval_s=4.0,
+        replay_buffer_s=120.0,
+        close_timeout_s=5.0,
+        connect_timeout_s=10.0,
+        ping_interval_s=5.0,
+        ping_timeout_s=10.0,
+        backoff_initial_s=1.0,
+        backoff_max_s=60.0,
+        rate_limited_backoff_s=30.0,
+        rejected_retry_s=300.0,
+    )
+    assert cfg.output == OutputConfig(journald=True, jsonl="", interim=False, stats_interval_s=60.0)
+    assert cfg.log == LogConfig(level="info")
+    assert DEFAULT_CONFIG_PATH == "/etc/dgd.toml"
+
+
+GOOD: list[tuple[str, Config]] = [
+    ("", D),
+    ("[deepgram]\n[audio]\n[gate]\n[stream]\n[output]\n[log]\n", D),
+    (
+        '[deepgram]\nurl = "ws://127.0.0.1:8765/v1/listen"\napi_key_file = "/etc/dgd/api-key"\n',
+        replace(
+            D,
+            deepgram=replace(
+                D.deepgram, url="ws://127.0.0.1:8765/v1/listen", api_key_file="/etc/dgd/api-key"
+            ),
+        ),
+    ),
+    (
+        '[audio]\ndevice = "plughw:CARD=Device,DEV=0"\nrate = 44100\nchannels = 2\nperiod_ms = 10\n'
+        "[stream]\nframe_ms = 50\n",
+        replace(
+            D,
+            audio=AudioConfig(
+                device="plughw:CARD=Device,DEV=0", rate=44100, channels=2, period_ms=10
+            ),
+            stream=replace(D.stream, frame_ms=50),
+        ),
+    ),
+    (
+        '[gate]\nmode = "shadow"\nthreshold_dbfs = -45\npreroll_ms = 250\nhangover_ms = 0\n',
+        replace(
+            D, gate=GateConfig(mode="shadow", threshold_dbfs=-45.0, preroll_ms=250, hangover_ms=0)
+        ),
+    ),
+    (
+        '[gate]\nmode = "off"\nthreshold_dbfs = "auto"\n',
+        replace(D, gate=replace(D.gate, mode="off")),
+    ),
+    (
+        # Seconds accept integers and floats alike; integers become floats.
+        "[stream]\nkeepalive_interval_s = 9\nreplay_buffer_s = 0\nclose_timeout_s = 0.5\n"
+        "connect_timeout_s = 120\nping_interval_s = 1\nping_timeout_s = 60\n"
+        "backoff_initial_s = 2.5\nbackoff_max_s = 2.5\nrate_limited_backoff_s = 3600\n"
+        "rejected_retry_s = 10\n",
+        replace(
+            D,
+            stream=StreamConfig(
+                frame_ms=100,
+                keepalive_interval_s=9.0,
+                replay_buffer_s=0.0,
+                close_timeout_s=0.5,
+                connect_timeout_s=120.0,
+                ping_interval_s=1.0,
+                ping_timeout_s=60.0,
+                backoff_initial_s=2.5,
+                backoff_max_s=2.5,
+                rate_limited_backoff_s=3600.0,
+                rejected_retry_s=10.0,
+            ),
+        ),
+    ),
+    (
+        '[output]\njournald = false\njsonl = "/var/lib/dgd/transcripts.jsonl"\ninterim = true\n'
+        'stats_interval_s = 0\n[log]\nlevel = "debug"\n',
+        replace(
+            D,
+            output=OutputConfig(
+                journald=False,
+                jsonl="/var/lib/dgd/transcripts.jsonl",
+                interim=True,
+                stats_interval_s=0.0,
+            ),
+            log=LogConfig(level="debug"),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), GOOD)
+def test_good_config(text: str, expected: Config) -> None:
+    assert loads(text) == expected
+
+
+# ---------------------------------------------------------------- query rendering
+
+QUERY: list[tuple[str, tuple[tuple[str, str], ...]]] = [
+    ("[deepgram]\n", DEFAULT_QUERY),
+    # A user table replaces the defaults entirely; an empty one sends nothing of its own.
+    ("[deepgram.query]\n", ()),
+    ('[deepgram.query]\nmodel = "nova-2"\n', (("model", "nova-2"),)),
+    (
+        "[deepgram.query]\nsmart_format = true\ninterim_results = false\npunctuate = true\n",
+        (("smart_format", "true"), ("interim_results", "false"), ("punctuate", "true")),
+    ),
+    (
+        "[deepgram.query]\nendpointing = 300\nutterance_end_ms = 1000\nx = 0.5\ny = -2\n",
+        (("endpointing", "300"), ("utterance_end_ms", "1000"), ("x", "0.5"), ("y", "-2")),
+    ),
+    (
+        '[deepgram.query]\nmodel = "nova-3"\nkeyterm = ["dgd", "Raspberry Pi"]\ntag = "kitchen"\n',
+        (
+            ("model", "nova-3"),
+            ("keyterm", "dgd"),
+            ("keyterm", "Raspberry Pi"),
+            ("tag", "kitchen"),
+        ),
+    ),
+    (
+        '[deepgram.query]\nmixed = [true, 1, 1.5, "s"]\nnone = []\n',
+        (
+            ("mixed", "true"),
+            ("mixed", "1"),
+            ("mixed", "1.5"),
+            ("mixed", "s"),
+        ),
+    ),
+    ('[deepgram.query]\n"odd key" = "v"\n', (("odd key", "v"),)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), QUERY)
+def test_query_rendering(text: str, expected: tuple[tuple[str, str], ...]) -> None:
+    assert loads(text).deepgram.query == expected
+
+
+# ---------------------------------------------------------------- bad input, exact messages
+
+ANY_SCALAR: str = "must be a string, number, boolean or a list of those"
+BAD: list[tuple[str, tuple[str, ...]]] = [
+    ("[gate]\nhangover_ms = -5\n", ("gate.hangover_ms: must be >= 0 (got -5)",)),
+    (
+        "[gate]\nhangover = 3\n",
+        ("gate.hangover: unknown key; did you mean gate.hangover_ms?",),
+    ),
+    (
+        "[audio]\nframe_ms = 40\n",
+        ("audio.frame_ms: unknown key; did you mean stream.frame_ms?",),
+    ),
+    ("rate = 16000\n", ("rate: unknown key; did you mean audio.rate?",)),
+    ("[gaet]\n", ("gaet: unknown key; did you mean gate?",)),
+    (
+        "[zzz]\n",
+        ("zzz: unknown key; valid tables: deepgram, audio, gate, stream, output, log",),
+    ),
+    (
+        "[log]\nqqq = 1\n",
+        ("log.qqq: unknown key; valid keys: level",),
+    ),
+    ("gate = 3\n", ("gate: must be a table ([gate]) (got 3)",)),
+    ("[deepgram]\nquery = 3\n", ("deepgram.query: must be a table ([deepgram.query]) (got 3)",)),
+    # Booleans are not numbers, numbers are not booleans, floats are not whole numbers.
+    (
+        "[audio]\nrate = true\n",
+        ("audio.rate: must be a whole number between 8000 and 192000 (got true)",),
+    ),
+    (
+        "[audio]\nperiod_ms = 20.0\n",
+        ("audio.period_ms: must be a whole number between 5 and 200 (got 20.0)",),
+    ),
+    (
+        '[audio]\nchannels = "1"\n',
+        ('audio.channels: must be a whole number between 1 and 8 (got "1")',),
+    ),
+    (
+        "[stream]\nclose_timeout_s = false\n",
+        ("stream.close_timeout_s: must be a number between 0.5 and 60.0 (got false)",),
+    ),
+    ("[output]\njournald = 1\n", ("output.journald: must be true or false (got 1)",)),
+    ('[output]\ninterim = "yes"\n', ('output.interim: must be true or false (got "yes")',)),
+    ("[audio]\ndevice = 0\n", ("audio.device: must be a string (got 0)",)),
+    (
+        '[audio]\ndevice = ""\n',
+        ('audio.device: must name an ALSA PCM; `dgd devices` lists them (got "")',),
+    ),
+    (
+        "[gate]\nthreshold_dbfs = true\n",
+        ('gate.threshold_dbfs: must be "auto" or a number between -100.0 and 0.0 (got true)',),
+    ),
+    (
+        '[gate]\nthreshold_dbfs = "loud"\n',
+        ('gate.threshold_dbfs: must be "auto" or a number between -100.0 and 0.0 (got "loud")',),
+    ),
+    (
+        '[gate]\nmode = "vad"\n',
+        ('gate.mode: must be one of "off", "energy", "shadow" (got "vad")',),
+    ),
+    (
+        '[log]\nlevel = "INFO"\n',
+        ('log.level: must be one of "debug", "info", "warning", "error" (got "INFO")',),
+    ),
+    (
+        "[stream]\nping_interval_s = nan\n",
+        ("stream.ping_interval_s: must be >= 1.0 (got nan)",),
+    ),
+    (
+        "[stream]\nkeepalive_interval_s = 10\n",
+        (
+            "stream.keepalive_interval_s: must be <= 9.0; Deepgram closes the stream after 10 s"
+            " without data (got 10)",
+        ),
+    ),
+    (
+        "[stream]\nbackoff_initial_s = 10\nbackoff_max_s = 5\n",
+        ("stream.backoff_max_s: must be >= stream.backoff_initial_s = 10.0 (got 5.0)",),
+    ),
+    # Whole frames per period: 44100 Hz needs multiples of 10 ms, 11025 Hz multiples of 40 ms.
+    (
+        "[audio]\nrate = 44100\nperiod_ms = 25\n",
+        (
+            "audio.period_ms: must be a multiple of 10 at audio.rate = 44100, so that each period"
+            " holds a whole number of frames (got 25)",
+        ),
+    ),
+    (
+        "[audio]\nrate = 11025\nperiod_ms = 20\n",
+        (
+            "audio.period_ms: must be a multiple of 40 at audio.rate = 11025, so that each period"
+            " holds a whole number of frames (got 20)",
+        ),
+    ),
+    (
+        "[stream]\nframe_ms = 90\n",
+        ("stream.frame_ms: must be a multiple of audio.period_ms = 20 (got 90)",),
+    ),
+    (
+        "[audio]\nperiod_ms = 50\n[stream]\nframe_ms = 40\n",
+        ("stream.frame_ms: must be >= 50 (got 40)",),
+    ),
+    # A bad period must not cause a second, confusing complaint about frame_ms.
+    (
+        "[audio]\nperiod_ms = 3\n[stream]\nframe_ms = 10\n",
+        ("audio.period_ms: must be >= 5 (got 3)",),
+    ),
+    (
+        "[audio]\nperiod_ms = 3\n[stream]\nframe_ms = 90\n",
+        ("audio.period_ms: must be >= 5 (got 3)",),
+    ),
+    (
+        '[deepgram]\nurl = "https://api.deepgram.com/v1/listen"\n',
+        (
+            "deepgram.url: must be a ws:// or wss:// URL with a host; for https:// use wss://"
+            ' (got "https://api.deepgram.com/v1/listen")',
+        ),
+    ),
+    (
+        '[deepgram]\nurl = "api.deepgram.com"\n',
+        ('deepgram.url: must be a ws:// or wss:// URL with a host (got "api.deepgram.com")',),
+    ),
+    (
+        '[deepgram]\nurl = "wss:///v1/listen"\n',
+        ('deepgram.url: must be a ws:// or wss:// URL with a host (got "wss:///v1/listen")',),
+    ),
+    (
+        '[deepgram]\nurl = "wss://h/v1/listen?model=nova-3"\n',
+        (
+            "deepgram.url: must not contain a query string; use [deepgram.query]"
+            ' (got "wss://h/v1/listen?model=nova-3")',
+        ),
+    ),
+    (
+        f'[deepgram]\nurl = "https://user:{SECRET}@h/v1/listen"\n',
+        ("deepgram.url: must not contain credentials; use deepgram.api_key_file",),
+    ),
+    (
+        f'[deepgram]\napi_key_file = "{SECRET}"\n',
+        (
+            "deepgram.api_key_file: must be an absolute path to a file holding the API key,"
+            " not the key (value not shown)",
+        ),
+    ),
+    (
+        '[output]\njsonl = "transcripts.jsonl"\n',
+        (
+            "output.jsonl: must be an absolute path to the JSON-lines transcript file, or empty"
+            ' (got "transcripts.jsonl")',
+        ),
+    ),
+    (
+        '[deepgram.query]\nencoding = "linear16"\nSample_Rate = 16000\nchannels = 1\n',
+        (
+            'deepgram.query.encoding: set from [audio]; remove it (got "linear16")',
+            "deepgram.query.Sample_Rate: set from [audio]; remove it (got 16000)",
+            "deepgram.query.channels: set from [audio]; remove it (got 1)",
+        ),
+    ),
+    (
+        "[deepgram.query]\na = {b = 1}\nc = [[1]]\nd = inf\ne = 1979-05-27\n",
+        (
+            f"deepgram.query.a: {ANY_SCALAR} (got {{ b = 1 }})",
+            "deepgram.query.c: list items must be strings, numbers or booleans (got [[1]])",
+            f"deepgram.query.d: {ANY_SCALAR} (got inf)",
+            f"deepgram.query.e: {ANY_SCALAR} (got 1979-05-27)",
+        ),
+    ),
+    ('[deepgram.query]\n"" = 1\n', ("deepgram.query: parameter name must not be empty",)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD)
+def test_bad_config(text: str, expected: tuple[str, ...]) -> None:
+    assert problems(text) == expected
+
+
+def test_all_problems_reported_at_once() -> None:
+    text = (
+        "rate = 1\n"
+        "[audio]\nrate = 7999\nchannels = true\n"
+        '[gate]\nmode = "on"\nhangover = 2\n'
+        "[stream]\nframe_ms = 30\nkeepalive_interval_s = 0.25\n"
+        '[output]\njsonl = "x"\n'
+    )
+    expected = (
+        "audio.rate: must be >= 8000 (got 7999)",
+        "audio.channels: must be a whole number between 1 and 8 (got true)",
+        'gate.mode: must be one of "off", "energy", "shadow" (got "on")',
+        "stream.frame_ms: must be a multiple of audio.period_ms = 20 (got 30)",
+        "stream.keepalive_interval_s: must be >= 0.5; Deepgram closes the stream after 10 s"
+        " without data (got 0.25)",
+        "output.jsonl: must be an absolute path to the JSON-lines transcript file, or empty"
+        ' (got "x")',
+        "rate: unknown key; did you mean audio.rate?",
+        "gate.hangover: unknown key; did you mean gate.hangover_ms?",
+    )
+    with pytest.raises(ConfigError) as info:
+        loads(text)
+    assert info.value.problems == expected
+    assert str(info.value) == "\n".join(expected)
+
+
+# ---------------------------------------------------------------- range boundaries
+
+BOUNDS: list[tuple[str, str, object, str | None]] = [
+    # (table, key, value, expected problem or None if valid)
+    ("audio", "rate", 8000, None),
+    ("audio", "rate", 192000, None),
+    ("audio", "rate", 7999, "audio.rate: must be >= 8000 (got 7999)"),
+    ("audio", "rate", 192001, "audio.rate: must be <= 192000 (got 192001)"),
+    ("audio", "channels", 1, None),
+    ("audio", "channels", 8, None),
+    ("audio", "channels", 0, "audio.channels: must be >= 1 (got 0)"),
+    ("audio", "channels", 9, "audio.channels: must be <= 8 (got 9)"),
+    ("audio", "period_ms", 5, None),
+    ("audio", "period_ms", 4, "audio.period_ms: must be >= 5 (got 4)"),
+    ("audio", "period_ms", 201, "audio.period_ms: must be <= 200 (got 201)"),
+    ("gate", "threshold_dbfs", -100, None),
+    ("gate", "threshold_dbfs", 0, None),
+    ("gate", "threshold_dbfs", -100.5, "gate.threshold_dbfs: must be >= -100.0 (got -100.5)"),
+    ("gate", "threshold_dbfs", 0.5, "gate.threshold_dbfs: must be <= 0.0 (got 0.5)"),
+    ("gate", "preroll_ms", 0, None),
+    ("gate", "preroll_ms", 5000, None),
+    ("gate", "preroll_ms", 5001, "gate.preroll_ms: must be <= 5000 (got 5001)"),
+    ("gate", "preroll_ms", 7, None),  # need not be a multiple of the period
+    ("gate", "hangover_ms", 10000, None),
+    ("gate", "hangover_ms", 10001, "gate.hangover_ms: must be <= 10000 (got 10001)"),
+    ("stream", "frame_ms", 20, None),
+    ("stream", "frame_ms", 1000, None),
+    ("stream", "frame_ms", 1020, "stream.frame_ms: must be <= 1000 (got 1020)"),
+    ("stream", "frame_ms", 0, "stream.frame_ms: must be >= 20 (got 0)"),
+    ("stream", "keepalive_interval_s", 0.5, None),
+    ("stream", "keepalive_interval_s", 9.0, None),
+    (
+        "stream",
+        "keepalive_interval_s",
+        9.01,
+        "stream.keepalive_interval_s: must be <= 9.0; Deepgram closes the stream after 10 s"
+        " without data (got 9.01)",
+    ),
+    ("stream", "replay_buffer_s", 0, None),
+    ("stream", "replay_buffer_s", 3600, None),
+    ("stream", "replay_buffer_s", -0.1, "stream.replay_buffer_s: must be >= 0.0 (got -0.1)"),
+    ("stream", "replay_buffer_s", 3600.5, "stream.replay_buffer_s: must be <= 3600.0 (got 3600.5)"),
+    ("stream", "close_timeout_s", 0.4, "stream.close_timeout_s: must be >= 0.5 (got 0.4)"),
+    ("stream", "connect_timeout_s", 121, "stream.connect_timeout_s: must be <= 120.0 (got 121)"),
+    ("stream", "ping_timeout_s", 0, "stream.ping_timeout_s: must be >= 1.0 (got 0)"),
+    ("stream", "backoff_initial_s", 0.1, None),
+    ("stream", "backoff_initial_s", 0.09, "stream.backoff_initial_s: must be >= 0.1 (got 0.09)"),
+    ("stream", "backoff_max_s", 3601, "stream.backoff_max_s: must be <= 3600.0 (got 3601)"),
+    ("stream", "rate_limited_backoff_s", 1, None),
+    (
+        "stream",
+        "rate_limited_backoff_s",
+        0.5,
+        "stream.rate_limited_backoff_s: must be >= 1.0 (got 0.5)",
+    ),
+    ("stream", "rejected_retry_s", 10, None),
+    ("stream", "rejected_retry_s", 86400, None),
+    ("stream", "rejected_retry_s", 9.99, "stream.rejected_retry_s: must be >= 10.0 (got 9.99)"),
+    (
+        "stream",
+        "rejected_retry_s",
+        86401,
+        "stream.rejected_retry_s: must be <= 86400.0 (got 86401)",
+    ),
+    ("output", "stats_interval_s", 0, None),
+    ("output", "stats_interval_s", 86400, None),
+    ("output", "stats_interval_s", -1, "output.stats_interval_s: must be >= 0.0 (got -1)"),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "value", "problem"), BOUNDS)
+def test_range_boundaries(table: str, key: str, value: object, problem: str | None) -> None:
+    data = {table: {key: value}}
+    if problem is None:
+        cfg = parse(data)
+        assert getattr(getattr(cfg, table), key) == value
+    else:
+        with pytest.raises(ConfigError) as info:
+            parse(data)
+        assert info.value.problems == (problem,)
+
+
+# ---------------------------------------------------------------- TOML syntax and files
+
+SYNTAX: list[tuple[str, str]] = [
+    (
+        '[gate]\nmode = "energy\n',
+        "/etc/dgd.toml: line 2, column 15: TOML syntax error: Illegal character '\\n'",
+    ),
+    (
+        "[gate]\nmode = energy\n",
+        "/etc/dgd.toml: line 2, column 8: TOML syntax error: Invalid value",
+    ),
+    (
+        "a = 1\na = 2\n",
+        "/etc/dgd.toml: line 2, column 6: TOML syntax error: Cannot overwrite a value",
+    ),
+    # tomllib reports no position when input ends early; the last line is named instead.
+    (
+        'a = 1\nmode = "on',
+        "/etc/dgd.toml: line 2 (end of file): TOML syntax error: Unterminated string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), SYNTAX)
+def test_toml_syntax_error(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        loads(text, source="/etc/dgd.toml")
+    assert info.value.problems == (expected,)
+    assert info.value.source == "/etc/dgd.toml"
+
+
+def test_load_file(tmp_path: Path) -> None:
+    path = tmp_path / "dgd.toml"
+    path.write_text('[audio]\ndevice = "hw:1"\n')
+    assert load(path) == replace(D, audio=replace(D.audio, device="hw:1"))
+    assert load(str(path)) == load(path)
+
+
+def test_load_invalid_file_names_source(tmp_path: Path) -> None:
+    path = tmp_path / "dgd.toml"
+    path.write_text("[gate]\nhangover_ms = -5\n")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == ("gate.hangover_ms: must be >= 0 (got -5)",)
+    assert info.value.source == str(path)
+
+
+def test_load_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == (
+        f"{path}: config file not found; create it (etc/dgd.toml in the source lists every key"
+        " with its default) or pass another with -c PATH",
+    )
+
+
+def test_load_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path)
+    assert info.value.problems == (f"{tmp_path}: is a directory, not a config file",)
+
+
+def test_load_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "dgd.toml"
+    path.write_bytes(b'[audio]\ndevice = "\xff"\n')
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    assert info.value.problems == (f"{path}: not valid UTF-8 (byte 18); TOML files must be UTF-8",)
+
+
+# ---------------------------------------------------------------- redacted()
+
+
+@pytest.mark.parametrize("text", [text for text, _ in GOOD] + [text for text, _ in QUERY])
+def test_redacted_round_trips(text: str) -> None:
+    cfg = loads(text)
+    assert parse(tomllib.loads(cfg.redacted())) == cfg
+
+
+def test_redacted_lists_every_key_with_defaults() -> None:
+    data = tomllib.loads(D.redacted())
+    assert data == {
+        "deepgram": {
+            "url": "wss://api.deepgram.com/v1/listen",
+            "api_key_file": "",
+            "query": {
+                "model": "nova-3",
+                "language": "en-US",
+                "smart_format": True,
+                "interim_results": False,
+            },
+        },
+        "audio": {"device": "default", "rate": 16000, "channels": 1, "period_ms": 20},
+        "gate": {
+            "mode": "energy",
+            "threshold_dbfs": "auto",
+            "preroll_ms": 300,
+            "hangover_ms": 1500,
+        },
+        "stream": {
+            "frame_ms": 100,
+            "keepalive_interval_s": 4.0,
+            "replay_buffer_s": 120.0,
+            "close_timeout_s": 5.0,
+            "connect_timeout_s": 10.0,
+            "ping_interval_s": 5.0,
+            "ping_timeout_s": 10.0,
+            "backoff_initial_s": 1.0,
+            "backoff_max_s": 60.0,
+            "rate_limited_backoff_s": 30.0,
+            "rejected_retry_s": 300.0,
+        },
+        "output": {"journald": True, "jsonl": "", "interim": False, "stats_interval_s": 60.0},
+        "log": {"level": "info"},
+    }
+
+
+def test_redacted_escapes_strings() -> None:
+    odd = 'q"uo\\te\ttab\nnl\x01\x7f é'
+    cfg = replace(
+        D,
+        audio=replace(D.audio, device=odd),
+        deepgram=replace(D.deepgram, query=(("a.b c", odd), ("n", "007"), ("m", "-3"))),
+    )
+    assert parse(tomllib.loads(cfg.redacted())) == cfg
+
+
+def test_redacted_hides_secret_query_values_and_the_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "api-key"
+    key_file.write_text(SECRET + "\n")
+    key_file.chmod(0o600)
+    cfg = loads(
+        f'[deepgram]\napi_key_file = "{key_file}"\n'
+        f'[deepgram.query]\nmodel = "nova-3"\ntoken = "{SECRET}"\n'
+    )
+    key, _ = load_api_key(cfg.deepgram, {})
+    assert key.value == SECRET
+    text = cfg.redacted()
+    assert SECRET not in text
+    assert 'token = "<redacted>"' in text
+    assert tomllib.loads(text)["deepgram"]["query"] == {"model": "nova-3", "token": "<redacted>"}
+
+
+# ---------------------------------------------------------------- API key
+
+
+def key_file(tmp_path: Path, content: str, mode: int = 0o600, name: str = "api-key") -> Path:
+    path = tmp_path / name
+    path.write_text(content)
+    path.chmod(mode)
+    return path
+
+
+def dg(api_key_file: str = "") -> DeepgramConfig:
+    return DeepgramConfig(api_key_file=api_key_file)
+
+
+def test_api_key_file_wins_over_credential_and_environment(tmp_path: Path) -> None:
+    path = key_file(tmp_path, "  from-file \n")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    key_file(creds, "from-credential", name="deepgram-api-key")
+    environ = {"CREDENTIALS_DIRECTORY": str(creds), "DEEPGRAM_API_KEY": "from-env"}
+    assert load_api_key(dg(str(path)), environ) == (ApiKey("from-file", f"file {path}"), [])
+
+
+def test_api_key_credential_wins_over_environment(tmp_path: Path) -> None:
+    key_file(tmp_path, "from-credential\n", mode=0o644, name="deepgram-api-key")
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path), "DEEPGRAM_API_KEY": "from-env"}
+    assert load_api_key(dg(), environ) == (
+        ApiKey("from-credential", "credential deepgram-api-key"),
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"DEEPGRAM_API_KEY": " from-env\n"},
+        # A credentials directory without our credential falls through to the environment.
+        {"CREDENTIALS_DIRECTORY": "/nonexistent-dgd-creds", "DEEPGRAM_API_KEY": "from-env"},
+    ],
+)
+def test_api_key_from_environment(environ: dict[str, str]) -> None:
+    assert load_api_key(dg(), environ) == (ApiKey("from-env", "environment DEEPGRAM_API_KEY"), [])
+
+
+@pytest.mark.parametrize(
+    ("mode", "warns"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True)]
+)
+def test_api_key_file_permission_warning(tmp_path: Path, mode: int, warns: bool) -> None:
+    path = key_file(tmp_path, SECRET, mode=mode)
+    key, warnings = load_api_key(dg(str(path)), {})
+    assert key.value == SECRET
+    expected = (
+        [f"deepgram.api_key_file: {path} is readable by group or others; run: chmod 600 {path}"]
+        if warns
+        else []
+    )
+    assert warnings == expected
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"DEEPGRAM_API_KEY": "  \n"},
+    ],
+)
+def test_api_key_missing_everywhere(environ: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(), environ)
+    assert info.value.problems == (
+        "deepgram.api_key_file: no Deepgram API key found (deepgram.api_key_file is empty,"
+        " $CREDENTIALS_DIRECTORY is not set, $DEEPGRAM_API_KEY is not set or empty); put the key"
+        " in a file readable only by dgd (chmod 600) and either set deepgram.api_key_file to its"
+        " path or add LoadCredential=deepgram-api-key:/etc/dgd/api-key to the unit; or set"
+        " $DEEPGRAM_API_KEY",
+    )
+
+
+def test_api_key_missing_with_credentials_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert "$CREDENTIALS_DIRECTORY/deepgram-api-key does not exist" in str(info.value)
+
+
+def api_key_error(tmp_path: Path, content: bytes | None) -> str:
+    path = tmp_path / "api-key"
+    if content is not None:
+        path.write_bytes(content)
+        path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(str(path)), {"DEEPGRAM_API_KEY": "never-used"})
+    (problem,) = info.value.problems
+    return problem.replace(str(path), "PATH")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "deepgram.api_key_file: PATH does not exist; create it holding only the key"),
+        (b" \n\n", "deepgram.api_key_file: PATH is empty; put the Deepgram API key in it"),
+        (
+            SECRET.encode() + b"\nsecond line\n",
+            "deepgram.api_key_file: PATH holds more than one word; it must hold only the API key",
+        ),
+        (
+            b"\xff\xfe" + SECRET.encode(),
+            "deepgram.api_key_file: PATH is not text; it must hold only the API key",
+        ),
+    ],
+)
+def test_api_key_file_problems(tmp_path: Path, content: bytes | None, expected: str) -> None:
+    # An explicitly configured key file must work: no silent fallback to the environment.
+    problem = api_key_error(tmp_path, content)
+    assert problem == expected
+    assert SECRET not in problem
+
+
+def test_api_key_empty_credential(tmp_path: Path) -> None:
+    path = key_file(tmp_path, "\n", name="deepgram-api-key")
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(), {"CREDENTIALS_DIRECTORY": str(tmp_path), "DEEPGRAM_API_KEY": "x"})
+    assert info.value.problems == (
+        f"credential deepgram-api-key: {path} is empty; put the Deepgram API key in it",
+    )
+
+
+def test_api_key_environment_with_spaces() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(), {"DEEPGRAM_API_KEY": f"{SECRET} {SECRET}"})
+    assert info.value.problems == (
+        "$DEEPGRAM_API_KEY: holds more than one word; set it to the key only",
+    )
+
+
+def test_api_key_never_shown() -> None:
+    key = ApiKey(SECRET, "file /etc/dgd/api-key")
+    assert repr(key) == "ApiKey(<redacted>, from file /etc/dgd/api-key)"
+    assert str(key) == repr(key)
+    assert SECRET not in f"{key} {key!r} {[key]} {(key, 1)!r}"
+
+
+# ---------------------------------------------------------------- the shipped example
+
+
+def test_shipped_example_parses_to_defaults() -> None:
+    assert load(REPO / "etc" / "dgd.toml") == parse({})
+
+
+def test_shipped_example_lists_every_key() -> None:
+    with open(REPO / "etc" / "dgd.toml", "rb") as file:
+        shipped = tomllib.load(file)
+    assert shipped == tomllib.loads(D.redacted())
+
+
+def test_shipped_example_has_one_comment_per_key() -> None:
+    lines = (REPO / "etc" / "dgd.toml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            assert lines[i - 1].startswith("#"), f"etc/dgd.toml line {i + 1} has no comment"
+
+
+def test_config_docs_mention_every_key() -> None:
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+    for section, keys in tomllib.loads(D.redacted()).items():
+        for key, value in keys.items():
+            if not isinstance(value, dict):
+                assert f"`{key}`" in doc, f"docs/CONFIG.md lacks {section}.{key}"
+            else:
+                assert f"`[{section}.{key}]`" in doc
+                for sub in value:
+                    assert f"`{sub}`" in doc, f"docs/CONFIG.md lacks {section}.{key}.{sub}"
+
+
+def test_module_is_pure() -> None:
+    source = (REPO / "dgd" / "config.py").read_text()
+    for banned in ("import trio", "import socket", "import alsaaudio", "time.time", "monotonic"):
+        assert banned not in source
+    assert os.path.basename(DEFAULT_CONFIG_PATH) == "dgd.toml"

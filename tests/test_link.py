@@ -1,0 +1,219 @@
+"""The link in trio's virtual time over an in-memory WebSocket: what goes on the wire, when."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from dgd.backoff import Verdict
+from dgd.config import StreamConfig
+from dgd.events import AudioFrame, FinalizeMarker, Transcript
+from dgd.link import LinkContext, LinkFailure, OutboxFeed, run_link
+from dgd.outbox import Outbox
+from dgd.pcm import PcmFormat
+from dgd.session import Session
+from tests.memory_ws import MemoryWebSocket, metadata, results
+
+FMT = PcmFormat(16000, 1, 20)
+BPS = FMT.bytes_per_second
+WALL0 = 1_700_000_000.0
+
+
+def frame(start_s: float, duration_s: float = 0.1, fill: int = 1) -> AudioFrame:
+    return AudioFrame(bytes([fill]) * int(duration_s * BPS), WALL0 + start_s, duration_s)
+
+
+def make_ctx(**stream: float) -> tuple[LinkContext, list[Transcript]]:
+    got: list[Transcript] = []
+    ctx = LinkContext(
+        feed=OutboxFeed(Outbox(FMT, 120.0)),
+        stream=StreamConfig(**stream),  # type: ignore[arg-type]
+        on_transcript=got.append,
+        stopping=trio.Event(),
+    )
+    return ctx, got
+
+
+async def run_for(ws: MemoryWebSocket, ctx: LinkContext, seconds: float) -> LinkFailure | None:
+    session = Session(keepalive_interval_s=ctx.stream.keepalive_interval_s, now=trio.current_time())
+    with trio.move_on_after(seconds):
+        try:
+            await run_link(ws, session, ctx)
+        except LinkFailure as exc:
+            return exc
+    return None
+
+
+async def test_keepalive_every_interval_while_nothing_is_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    start = trio.current_time()
+    assert await run_for(ws, ctx, 13.0) is None
+    assert [(at - start, text) for at, text in ws.texts()] == [
+        (4.0, '{"type":"KeepAlive"}'),
+        (8.0, '{"type":"KeepAlive"}'),
+        (12.0, '{"type":"KeepAlive"}'),
+    ]
+    assert ws.binaries() == []
+    assert ctx.counters.keepalives == 3
+
+
+async def test_audio_resets_the_keepalive_deadline_and_finalize_follows_audio(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx(keepalive_interval_s=4.0)
+    start = trio.current_time()
+
+    async def producer() -> None:
+        await trio.sleep(1.0)
+        ctx.feed.put(frame(0.0, fill=1))
+        ctx.feed.put(frame(0.1, fill=2))
+        ctx.feed.put(FinalizeMarker(WALL0 + 0.2))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        assert await run_for(ws, ctx, 9.5) is None
+    assert [(s.kind, s.at - start) for s in ws.sent] == [
+        ("binary", 1.0),
+        ("binary", 1.0),
+        ("text", 1.0),  # Finalize
+        ("text", 5.0),  # KeepAlive: 4 s after the Finalize
+        ("text", 9.0),
+    ]
+    assert ws.sent[2].payload == '{"type":"Finalize"}'
+    assert ws.binaries() == [bytes([1]) * 3200, bytes([2]) * 3200]
+    assert ctx.counters.finalizes == 1
+    assert ctx.counters.sent_s == pytest.approx(0.2)
+
+
+async def test_stop_sends_closestream_and_waits_for_results_and_metadata(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, got = make_ctx()
+    ctx.feed.put(frame(0.0))
+    ctx.feed.put(frame(0.1))
+    ctx.stopping.set()
+    ctx.feed.capture_done = True
+    session = Session(keepalive_interval_s=4.0, now=trio.current_time())
+
+    async def server() -> None:
+        await trio.sleep(0.5)
+        ws.push(results(0.0, 0.2, "hello there"))
+        ws.push(metadata(duration_s=0.2))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with trio.fail_after(5):
+            await run_link(ws, session, ctx)
+    assert [s.payload for s in ws.sent if isinstance(s.payload, str)] == ['{"type":"CloseStream"}']
+    assert len(ws.binaries()) == 2
+    assert [(t.text, t.start_s, t.end_s) for t in got] == [
+        ("hello there", WALL0 + 0.0, WALL0 + 0.2)
+    ]
+    # The final result covered everything: nothing is left to replay.
+    assert ctx.feed.outbox.held_s == 0.0
+
+
+async def test_wall_clock_times_skip_gated_silence(autojump_clock: trio.testing.MockClock) -> None:
+    """Deepgram's offsets count only audio sent; the transcript's times are capture times."""
+    ws = MemoryWebSocket()
+    ctx, got = make_ctx()
+    ctx.feed.put(frame(0.0, 0.5))
+    ctx.feed.put(frame(60.0, 0.5))  # a minute of gated silence in between
+
+    async def server() -> None:
+        await trio.sleep(0.5)
+        ws.push(results(0.25, 0.5, "across the gap"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        await run_for(ws, ctx, 1.0)
+    assert [(t.start_s - WALL0, t.end_s - WALL0) for t in got] == [(0.25, 60.25)]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "verdict", "cause"),
+    [
+        (
+            1011,
+            "Deepgram did not receive audio data ... NET-0001",
+            Verdict.TRANSIENT,
+            "closed-1011",
+        ),
+        (1011, "NET-0000 internal", Verdict.TRANSIENT, "closed-1011"),
+        (1008, "DATA-0000 cannot decode", Verdict.REJECTED, "closed-1008"),
+        (1006, "", Verdict.TRANSIENT, "network"),
+        (1000, "", Verdict.TRANSIENT, "closed-1000"),
+    ],
+)
+async def test_server_close_ends_the_link_with_a_classified_failure(
+    autojump_clock: trio.testing.MockClock, code: int, reason: str, verdict: Verdict, cause: str
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    ws.close(code, reason)
+    failure = await run_for(ws, ctx, 30.0)
+    assert failure is not None
+    assert (failure.failure.verdict, failure.failure.cause) == (verdict, cause)
+
+
+async def test_a_server_that_stops_answering_is_noticed_by_ping_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket(stalled=True)
+    ctx, _ = make_ctx(ping_interval_s=5.0, ping_timeout_s=10.0)
+    start = trio.current_time()
+    failure = await run_for(ws, ctx, 60.0)
+    assert failure is not None
+    assert failure.failure.cause == "timeout"
+    # The first KeepAlive send blocks at 4 s and times out at 14 s; the ping would at 15 s.
+    assert trio.current_time() - start == pytest.approx(14.0)
+
+
+async def test_unconfirmed_audio_is_replayed_in_order_on_the_next_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ctx, got = make_ctx()
+    for i in range(5):
+        ctx.feed.put(frame(i * 0.1, fill=i + 1))
+    first = MemoryWebSocket()
+
+    async def server_confirms_then_drops() -> None:
+        await trio.sleep(0.5)
+        first.push(results(0.0, 0.15, "first words"))  # ends mid-frame 2
+        await trio.sleep(0.5)
+        first.close(1006)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server_confirms_then_drops)
+        failure = await run_for(first, ctx, 5.0)
+    assert failure is not None
+    replayed_s = ctx.feed.outbox.rewind()
+    assert replayed_s == pytest.approx(0.35)
+    second = MemoryWebSocket()
+    await run_for(second, ctx, 0.5)
+    sent = second.binaries()
+    # Frame 2 is trimmed at 0.15 s (sample-exact); frames 3-5 follow whole.
+    assert sent == [bytes([2]) * 1600, bytes([3]) * 3200, bytes([4]) * 3200, bytes([5]) * 3200]
+    assert [t.text for t in got] == ["first words"]
+
+
+async def test_a_backlog_is_replayed_at_125_percent_of_real_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    for i in range(300):  # 30 s captured while disconnected
+        ctx.feed.put(frame(i * 0.1))
+    start = trio.current_time()
+    await run_for(ws, ctx, 40.0)
+    sends = [s.at - start for s in ws.sent if s.kind == "binary"]
+    assert len(sends) == 300
+    # 2 s go out at once, the remaining 28 s at 1.25x: the last frame leaves at 22.4 s.
+    assert sends[19] == pytest.approx(0.0, abs=1e-9)
+    assert sends[-1] == pytest.approx(28.0 / 1.25)

@@ -1,0 +1,930 @@
+"""Tests for dgd.messages: Deepgram server messages, handshake rejections, close frames, URL."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from dgd.messages import (
+    CLOSESTREAM_MESSAGE,
+    EXCERPT_CHARS,
+    FINALIZE_MESSAGE,
+    KEEPALIVE_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    CloseInfo,
+    HandshakeRejection,
+    Metadata,
+    ServerMessage,
+    SpeechStarted,
+    TranscriptResult,
+    Unrecognized,
+    UtteranceEnd,
+    Word,
+    auth_headers,
+    listen_url,
+    parse_close,
+    parse_rejection,
+    parse_server_message,
+)
+
+DATA_DIR = Path(__file__).parent / "data" / "deepgram"
+REQUEST_ID = "3b0f6c1e-9d2a-4f7e-8c55-1a2b3c4d5e6f"
+
+
+def sample(name: str) -> str:
+    """A recorded-style message as it arrives on the wire (no trailing newline)."""
+    return (DATA_DIR / name).read_text(encoding="utf-8").rstrip("\n")
+
+
+def excerpt_of(name: str) -> str:
+    return sample(name)[:EXCERPT_CHARS]
+
+
+# --- server messages: well-formed samples -------------------------------------------------
+
+VALID_SAMPLES: list[tuple[str, ServerMessage]] = [
+    (
+        "results_final.json",
+        TranscriptResult(
+            transcript="Turn the hallway light off.",
+            confidence=0.991,
+            is_final=True,
+            speech_final=True,
+            from_finalize=False,
+            start_s=12.3,
+            duration_s=1.46,
+            words=(
+                Word("turn", 12.38, 12.58, 0.998, "Turn", None),
+                Word("the", 12.58, 12.7, 0.995, "the", None),
+                Word("hallway", 12.7, 13.1, 0.981, "hallway", None),
+                Word("light", 13.1, 13.36, 0.99, "light", None),
+                Word("off", 13.36, 13.7, 0.991, "off.", None),
+            ),
+            request_id=REQUEST_ID,
+            channel=0,
+        ),
+    ),
+    (
+        "results_interim.json",
+        TranscriptResult(
+            transcript="turn the hallway",
+            confidence=0.87,
+            is_final=False,
+            speech_final=False,
+            from_finalize=False,
+            start_s=12.3,
+            duration_s=0.98,
+            words=(
+                Word("turn", 12.38, 12.58, 0.91, None, None),
+                Word("the", 12.58, 12.7, 0.88, None, None),
+                Word("hallway", 12.7, 13.1, 0.8, None, None),
+            ),
+            request_id=REQUEST_ID,
+            channel=0,
+        ),
+    ),
+    (
+        "results_from_finalize.json",
+        TranscriptResult(
+            transcript="please",
+            confidence=0.96,
+            is_final=True,
+            speech_final=False,
+            from_finalize=True,
+            start_s=13.76,
+            duration_s=0.7,
+            words=(Word("please", 13.8, 14.2, 0.96, "please.", None),),
+            request_id=REQUEST_ID,
+            channel=0,
+        ),
+    ),
+    (
+        "results_speakers.json",
+        TranscriptResult(
+            transcript="Hello? Hi there.",
+            confidence=0.9,
+            is_final=True,
+            speech_final=True,
+            from_finalize=False,
+            start_s=40.0,
+            duration_s=2.0,
+            words=(
+                Word("hello", 40.1, 40.5, 0.93, "Hello?", 0),
+                Word("hi", 41.0, 41.2, 0.9, "Hi", 1),
+                Word("there", 41.2, 41.6, 0.88, "there.", 1),
+            ),
+            request_id="5c2e1a90-77aa-4b1c-9e0f-2d3c4b5a6978",
+            channel=1,
+        ),
+    ),
+    (
+        "results_empty.json",
+        TranscriptResult("", 0.0, True, False, False, 0.0, 3.02, (), REQUEST_ID, 0),
+    ),
+    (
+        "results_minimal.json",
+        TranscriptResult("ok", 0.0, True, False, False, 5.0, 1.0, (), "", 0),
+    ),
+    (
+        "results_null_optionals.json",
+        TranscriptResult("ok", 0.0, False, False, False, 5.5, 0.5, (), "", 0),
+    ),
+    (
+        "metadata.json",
+        Metadata(
+            request_id=REQUEST_ID,
+            duration_s=184.32,
+            channels=1,
+            created="2026-03-02T10:15:04.117Z",
+            sha256="9c1185a5c5e9fc54612808977ee8f548b2258d31bb4c5e8e1f8b3bd4c0a0d7e2",
+        ),
+    ),
+    (
+        "metadata_no_audio.json",
+        Metadata(
+            request_id="0d9e8f7a-6b5c-4d3e-2f1a-0b9c8d7e6f5a",
+            duration_s=0.0,
+            channels=0,
+            created="2026-03-02T10:20:00.001Z",
+            sha256="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        ),
+    ),
+    ("utterance_end.json", UtteranceEnd(last_word_end_s=13.7, channel=0)),
+    ("speech_started.json", SpeechStarted(timestamp_s=12.24, channel=0)),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), VALID_SAMPLES)
+def test_parse_valid_sample(name: str, expected: ServerMessage) -> None:
+    assert parse_server_message(sample(name)) == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), VALID_SAMPLES)
+def test_utf8_bytes_parse_like_text(name: str, expected: ServerMessage) -> None:
+    assert parse_server_message(sample(name).encode("utf-8")) == expected
+
+
+def test_numbers_are_floats_even_when_sent_as_integers() -> None:
+    result = parse_server_message(sample("results_speakers.json"))
+    assert isinstance(result, TranscriptResult)
+    assert type(result.start_s) is float
+    assert type(result.duration_s) is float
+    assert type(result.words[1].start_s) is float
+
+
+@pytest.mark.parametrize(
+    ("start_s", "duration_s", "end_s"),
+    [(12.3, 1.46, 13.76), (0.0, 0.0, 0.0), (5.0, 1.0, 6.0)],
+)
+def test_end_is_start_plus_duration(start_s: float, duration_s: float, end_s: float) -> None:
+    result = TranscriptResult("x", 1.0, True, True, False, start_s, duration_s, (), "", 0)
+    assert result.end_s == pytest.approx(end_s)
+
+
+# --- server messages: malformed samples -----------------------------------------------------
+
+BAD_SAMPLES: list[tuple[str, str]] = [
+    ("unknown_type.json", "unknown type 'Mystery'"),
+    (
+        "truncated.json",
+        "invalid JSON: Unterminated string starting at: line 1 column 147 (char 146)",
+    ),
+    (
+        "invalid_json.json",
+        "invalid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+    ),
+    ("results_missing_alternatives.json", "Results: missing field channel.alternatives"),
+    ("results_missing_is_final.json", "Results: missing field is_final"),
+    ("results_start_is_string.json", "Results: field start is string, expected number"),
+    ("results_duration_is_bool.json", "Results: field duration is boolean, expected number"),
+    ("results_bad_word.json", "Results: missing field channel.alternatives[0].words[1].end"),
+]
+
+
+@pytest.mark.parametrize(("name", "reason"), BAD_SAMPLES)
+def test_parse_bad_sample(name: str, reason: str) -> None:
+    assert parse_server_message(sample(name)) == Unrecognized(reason, excerpt_of(name))
+
+
+def results_with(**changes: object) -> str:
+    """The final Results sample with top-level fields replaced (None value = field removed)."""
+    document = json.loads(sample("results_final.json"))
+    for key, value in changes.items():
+        if value is None:
+            del document[key]
+        else:
+            document[key] = value
+    return json.dumps(document)
+
+
+def alternative_with(**changes: object) -> str:
+    """The final Results sample with fields of alternatives[0] replaced (None = removed)."""
+    document = json.loads(sample("results_final.json"))
+    alternative = document["channel"]["alternatives"][0]
+    for key, value in changes.items():
+        if value is None:
+            del alternative[key]
+        else:
+            alternative[key] = value
+    return json.dumps(document)
+
+
+def word_with(**changes: object) -> str:
+    """The final Results sample with fields of words[0] replaced (None = removed)."""
+    document = json.loads(sample("results_final.json"))
+    word = document["channel"]["alternatives"][0]["words"][0]
+    for key, value in changes.items():
+        if value is None:
+            del word[key]
+        else:
+            word[key] = value
+    return json.dumps(document)
+
+
+ALT = "channel.alternatives[0]"
+
+MALFORMED_REASONS: list[tuple[str, str]] = [
+    ("", "invalid JSON: Expecting value: line 1 column 1 (char 0)"),
+    ("   ", "invalid JSON: Expecting value: line 1 column 4 (char 3)"),
+    ("[", "invalid JSON: Expecting value: line 1 column 2 (char 1)"),
+    ('{"type":"Results"} trailing', "invalid JSON: Extra data: line 1 column 20 (char 19)"),
+    ("[" * 100_000, "invalid JSON: nested too deeply"),
+    ("null", "expected a JSON object, got null"),
+    ("[1, 2]", "expected a JSON object, got array"),
+    ('"Results"', "expected a JSON object, got string"),
+    ("3.5", "expected a JSON object, got number"),
+    ("true", "expected a JSON object, got boolean"),
+    ("{}", "missing field type"),
+    ('{"type":1}', "field type is number, expected string"),
+    ('{"type":null}', "field type is null, expected string"),
+    ('{"type":"results"}', "unknown type 'results'"),
+    ('{"type":"Error","err_code":"X"}', "unknown type 'Error'"),
+    ('{"type":"Bad\\u0000Type"}', "unknown type 'Bad\\x00Type'"),
+    ('{"type":"Results"}', "Results: missing field channel"),
+    (results_with(channel=[0, 1]), "Results: field channel is array, expected object"),
+    (
+        results_with(channel={"alternatives": {}}),
+        "Results: field channel.alternatives is object, expected array",
+    ),
+    (results_with(channel={"alternatives": []}), "Results: field channel.alternatives is empty"),
+    (
+        results_with(channel={"alternatives": ["hi"]}),
+        f"Results: field {ALT} is string, expected object",
+    ),
+    (results_with(start=None), "Results: missing field start"),
+    (results_with(duration=None), "Results: missing field duration"),
+    (results_with(is_final="true"), "Results: field is_final is string, expected boolean"),
+    (results_with(is_final=1), "Results: field is_final is number, expected boolean"),
+    (results_with(speech_final=0), "Results: field speech_final is number, expected boolean"),
+    (results_with(from_finalize="no"), "Results: field from_finalize is string, expected boolean"),
+    (results_with(start=False), "Results: field start is boolean, expected number"),
+    (results_with(duration=[1.0]), "Results: field duration is array, expected number"),
+    (results_with(channel_index=0), "Results: field channel_index is number, expected array"),
+    (results_with(channel_index=[]), "Results: field channel_index is empty"),
+    (
+        results_with(channel_index=[True, 1]),
+        "Results: field channel_index[0] is boolean, expected integer",
+    ),
+    (
+        results_with(channel_index=[0.0, 1]),
+        "Results: field channel_index[0] is number, expected integer",
+    ),
+    (results_with(metadata="x"), "Results: field metadata is string, expected object"),
+    (
+        results_with(metadata={"request_id": 7}),
+        "Results: field metadata.request_id is number, expected string",
+    ),
+    (alternative_with(transcript=None), f"Results: missing field {ALT}.transcript"),
+    (
+        alternative_with(transcript=["a"]),
+        f"Results: field {ALT}.transcript is array, expected string",
+    ),
+    (
+        alternative_with(confidence="high"),
+        f"Results: field {ALT}.confidence is string, expected number",
+    ),
+    (
+        alternative_with(confidence=True),
+        f"Results: field {ALT}.confidence is boolean, expected number",
+    ),
+    (alternative_with(words={}), f"Results: field {ALT}.words is object, expected array"),
+    (alternative_with(words=[1]), f"Results: field {ALT}.words[0] is number, expected object"),
+    (word_with(word=None), f"Results: missing field {ALT}.words[0].word"),
+    (word_with(start=None), f"Results: missing field {ALT}.words[0].start"),
+    (word_with(end="13"), f"Results: field {ALT}.words[0].end is string, expected number"),
+    (
+        word_with(confidence=False),
+        f"Results: field {ALT}.words[0].confidence is boolean, expected number",
+    ),
+    (
+        word_with(punctuated_word=1),
+        f"Results: field {ALT}.words[0].punctuated_word is number, expected string",
+    ),
+    (
+        word_with(speaker=True),
+        f"Results: field {ALT}.words[0].speaker is boolean, expected integer",
+    ),
+    (word_with(speaker=1.5), f"Results: field {ALT}.words[0].speaker is number, expected integer"),
+    (results_with(start=float("inf")), "Results: field start is not a finite number"),
+    (results_with(start=float("nan")), "Results: field start is not a finite number"),
+    (results_with(start=10**400), "Results: field start is not a finite number"),
+    (
+        '{"type":"SpeechStarted","timestamp":' + "9" * 5000 + "}",
+        "invalid JSON: Exceeds the limit (4300 digits) for "
+        "integer string conversion: value has 5000 di",
+    ),
+    ('{"type":"UtteranceEnd","channel":[0,1]}', "UtteranceEnd: missing field last_word_end"),
+    (
+        '{"type":"UtteranceEnd","last_word_end":"1"}',
+        "UtteranceEnd: field last_word_end is string, expected number",
+    ),
+    (
+        '{"type":"UtteranceEnd","last_word_end":1,"channel":{}}',
+        "UtteranceEnd: field channel is object, expected array",
+    ),
+    ('{"type":"SpeechStarted"}', "SpeechStarted: missing field timestamp"),
+    (
+        '{"type":"SpeechStarted","timestamp":true}',
+        "SpeechStarted: field timestamp is boolean, expected number",
+    ),
+    (
+        '{"type":"SpeechStarted","timestamp":1,"channel":["0"]}',
+        "SpeechStarted: field channel[0] is string, expected integer",
+    ),
+    ('{"type":"Metadata","duration":"184"}', "Metadata: field duration is string, expected number"),
+    ('{"type":"Metadata","channels":1.0}', "Metadata: field channels is number, expected integer"),
+    (
+        '{"type":"Metadata","request_id":["x"]}',
+        "Metadata: field request_id is array, expected string",
+    ),
+    ('{"type":"Metadata","created":0}', "Metadata: field created is number, expected string"),
+    ('{"type":"Metadata","sha256":false}', "Metadata: field sha256 is boolean, expected string"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), MALFORMED_REASONS)
+def test_malformed_message_reason(payload: str, reason: str) -> None:
+    result = parse_server_message(payload)
+    assert isinstance(result, Unrecognized)
+    assert result.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ('{"type":"Metadata"}', Metadata("", 0.0, 0, "", "")),
+        ('{"type":"UtteranceEnd","last_word_end":2}', UtteranceEnd(2.0, 0)),
+        ('{"type":"SpeechStarted","timestamp":0,"channel":[3,4]}', SpeechStarted(0.0, 3)),
+        ('{"type":"UtteranceEnd","last_word_end":-0.5,"channel":null}', UtteranceEnd(-0.5, 0)),
+        # Extra unknown fields are ignored; they appear as Deepgram adds features.
+        ('{"type":"SpeechStarted","timestamp":1.5,"new_field":{"x":[1]}}', SpeechStarted(1.5, 0)),
+        # JSON may escape anything; the parser sees the decoded text.
+        ('{"type":"Speech\\u0053tarted","timestamp":1}', SpeechStarted(1.0, 0)),
+        # The last key wins for duplicates, as in json.loads.
+        ('{"type":"Mystery","type":"UtteranceEnd","last_word_end":1}', UtteranceEnd(1.0, 0)),
+    ],
+)
+def test_defaults_and_leniency(payload: str, expected: ServerMessage) -> None:
+    assert parse_server_message(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (
+            b"\xff\xfe\x00{",
+            Unrecognized(
+                "binary message of 4 bytes is not UTF-8 text (invalid start byte at byte 0)",
+                "\\xff\\xfe\\x00{",
+            ),
+        ),
+        (
+            b'{"type":"SpeechStarted","timestamp":1}\xc3',
+            Unrecognized(
+                "binary message of 39 bytes is not UTF-8 text (unexpected end of data at byte 38)",
+                '{"type":"SpeechStarted","timestamp":1}\\xc3',
+            ),
+        ),
+        (b"", Unrecognized("invalid JSON: Expecting value: line 1 column 1 (char 0)", "")),
+        (
+            b"\x00\x01",
+            Unrecognized("invalid JSON: Expecting value: line 1 column 1 (char 0)", "\\x00\\x01"),
+        ),
+        (
+            b'{"type":"Results"}\n',
+            Unrecognized("Results: missing field channel", '{"type":"Results"}\\n'),
+        ),
+        (
+            '{"type":"Wörter"}'.encode(),
+            Unrecognized("unknown type 'Wörter'", '{"type":"Wörter"}'),
+        ),
+    ],
+)
+def test_bytes_payload(payload: bytes, expected: Unrecognized) -> None:
+    assert parse_server_message(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("x" * (1 << 20), f"message of 1048576 characters exceeds {MAX_MESSAGE_BYTES}"),
+        (b"x" * (1 << 20), f"message of 1048576 bytes exceeds {MAX_MESSAGE_BYTES}"),
+        (
+            " " * (MAX_MESSAGE_BYTES + 1),
+            f"message of {MAX_MESSAGE_BYTES + 1} characters exceeds {MAX_MESSAGE_BYTES}",
+        ),
+    ],
+)
+def test_oversized_message_rejected_before_parsing(payload: str | bytes, reason: str) -> None:
+    result = parse_server_message(payload)
+    assert isinstance(result, Unrecognized)
+    assert result.reason == reason
+    assert len(result.excerpt) == EXCERPT_CHARS
+
+
+def test_message_at_the_cap_is_parsed() -> None:
+    body = '{"type":"SpeechStarted","timestamp":1}'
+    payload = body + " " * (MAX_MESSAGE_BYTES - len(body))
+    assert len(payload) == MAX_MESSAGE_BYTES
+    assert parse_server_message(payload) == SpeechStarted(1.0, 0)
+
+
+def test_large_plausible_results_is_parsed() -> None:
+    # A final with 1000 diarized words (~ several minutes of speech) fits under the cap.
+    words = [
+        {
+            "word": "word",
+            "start": i * 0.3,
+            "end": i * 0.3 + 0.25,
+            "confidence": 0.98,
+            "punctuated_word": "Word,",
+            "speaker": i % 3,
+            "speaker_confidence": 0.5,
+        }
+        for i in range(1000)
+    ]
+    document = json.loads(sample("results_final.json"))
+    document["channel"]["alternatives"][0]["words"] = words
+    payload = json.dumps(document)
+    assert len(payload) < MAX_MESSAGE_BYTES
+    result = parse_server_message(payload)
+    assert isinstance(result, TranscriptResult)
+    assert len(result.words) == 1000
+    assert result.words[999] == Word("word", 299.7, 299.95, 0.98, "Word,", 0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "excerpt"),
+    [
+        ('{"type":"X",\n\t"a":1}', '{"type":"X",\\n\\t"a":1}'),
+        ('{"type":"X","a":"\ud800"}', '{"type":"X","a":"\\ud800"}'),
+        ("é" * 200, "é" * EXCERPT_CHARS),
+        # Escapes count towards the limit and are never cut in half.
+        ("\x00" * 200, "\\x00" * (EXCERPT_CHARS // 4)),
+        ("a" + "\x00" * 200, "a" + "\\x00" * ((EXCERPT_CHARS - 1) // 4)),
+    ],
+)
+def test_excerpt_is_printable_and_bounded(payload: str, excerpt: str) -> None:
+    result = parse_server_message(payload)
+    assert isinstance(result, Unrecognized)
+    assert result.excerpt == excerpt
+    assert result.excerpt.isprintable()
+    assert len(result.excerpt) <= EXCERPT_CHARS
+
+
+# --- fuzzing: nothing raises ----------------------------------------------------------------
+
+MESSAGE_TYPES = (TranscriptResult, UtteranceEnd, SpeechStarted, Metadata, Unrecognized)
+
+
+def random_json_value(rng: random.Random, depth: int = 0) -> object:
+    choice = rng.randrange(9 if depth < 3 else 6)
+    if choice == 0:
+        return None
+    if choice == 1:
+        return rng.choice([True, False])
+    if choice == 2:
+        return rng.randint(-(10**20), 10**20)
+    if choice == 3:
+        return rng.choice([0.0, -1.5, 1e308, 3.25, rng.random()])
+    if choice == 4:
+        return "".join(chr(rng.randrange(0x11000)) for _ in range(rng.randrange(6)))
+    if choice == 5:
+        return rng.choice(["Results", "Metadata", "UtteranceEnd", "SpeechStarted", ""])
+    if choice == 6:
+        return [random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    keys = ["type", "channel", "alternatives", "transcript", "words", "start", "end", "x"]
+    return {rng.choice(keys): random_json_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def mutate_tree(rng: random.Random, node: object) -> object:
+    """Replace or delete one randomly chosen node of a parsed JSON tree."""
+    if isinstance(node, dict) and node and rng.random() < 0.8:
+        key = rng.choice(list(node))
+        if rng.random() < 0.2:
+            return {k: v for k, v in node.items() if k != key}
+        return {**node, key: mutate_tree(rng, node[key])}
+    if isinstance(node, list) and node and rng.random() < 0.8:
+        index = rng.randrange(len(node))
+        return [*node[:index], mutate_tree(rng, node[index]), *node[index + 1 :]]
+    return random_json_value(rng)
+
+
+SAMPLE_NAMES = sorted(path.name for path in DATA_DIR.glob("*.json"))
+
+
+def test_fuzz_random_bytes_never_raise() -> None:
+    rng = random.Random(20260302)
+    for _ in range(3000):
+        payload = rng.randbytes(rng.randrange(64))
+        result = parse_server_message(payload)
+        assert isinstance(result, MESSAGE_TYPES)
+        assert isinstance(parse_server_message(payload.decode("latin-1")), MESSAGE_TYPES)
+
+
+def test_fuzz_mutated_samples_never_raise() -> None:
+    rng = random.Random(7)
+    alphabet = '{}[]":,0123456789.eE-+ truefalsnl\\u\x00é'
+    texts = [sample(name) for name in SAMPLE_NAMES]
+    for _ in range(3000):
+        text = rng.choice(texts)
+        chars = list(text)
+        for _ in range(rng.randrange(1, 6)):
+            position = rng.randrange(len(chars) + 1)
+            operation = rng.randrange(3)
+            if operation == 0 and position < len(chars):
+                del chars[position]
+            elif operation == 1:
+                chars.insert(position, rng.choice(alphabet))
+            elif position < len(chars):
+                chars[position] = rng.choice(alphabet)
+        mutated = "".join(chars)
+        assert isinstance(parse_server_message(mutated), MESSAGE_TYPES)
+        assert isinstance(
+            parse_server_message(mutated[: rng.randrange(len(mutated) + 1)]), MESSAGE_TYPES
+        )
+
+
+def test_fuzz_structural_mutations_never_raise() -> None:
+    rng = random.Random(42)
+    trees = []
+    for name in SAMPLE_NAMES:
+        try:
+            trees.append(json.loads(sample(name)))
+        except json.JSONDecodeError:
+            continue
+    kinds_seen: set[type] = set()
+    for _ in range(5000):
+        tree = mutate_tree(rng, rng.choice(trees))
+        payload = json.dumps(tree)
+        result = parse_server_message(payload)
+        assert isinstance(result, MESSAGE_TYPES)
+        assert parse_server_message(payload.encode("utf-8")) == result
+        kinds_seen.add(type(result))
+    # The mutations must exercise both the accepting and the rejecting paths.
+    assert kinds_seen == set(MESSAGE_TYPES)
+
+
+# --- control messages, URL and headers ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("constant", "expected"),
+    [
+        (KEEPALIVE_MESSAGE, '{"type":"KeepAlive"}'),
+        (FINALIZE_MESSAGE, '{"type":"Finalize"}'),
+        (CLOSESTREAM_MESSAGE, '{"type":"CloseStream"}'),
+    ],
+)
+def test_control_messages_are_exact(constant: str, expected: str) -> None:
+    assert constant == expected
+    assert json.loads(constant) == {"type": json.loads(expected)["type"]}
+
+
+BASE = "wss://api.deepgram.com/v1/listen"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "query", "rate_hz", "channels", "expected"),
+    [
+        (BASE, [], 16000, 1, f"{BASE}?encoding=linear16&sample_rate=16000&channels=1"),
+        (
+            BASE,
+            [
+                ("model", "nova-3"),
+                ("language", "en-US"),
+                ("smart_format", "true"),
+                ("interim_results", "false"),
+            ],
+            16000,
+            1,
+            f"{BASE}?model=nova-3&language=en-US&smart_format=true&interim_results=false"
+            "&encoding=linear16&sample_rate=16000&channels=1",
+        ),
+        (
+            BASE,
+            [
+                ("model", "nova-3"),
+                ("keyterm", "hallway light"),
+                ("keyterm", "Pi-hole"),
+                ("keyterm", "dgd"),
+            ],
+            48000,
+            2,
+            f"{BASE}?model=nova-3&keyterm=hallway%20light&keyterm=Pi-hole&keyterm=dgd"
+            "&encoding=linear16&sample_rate=48000&channels=2",
+        ),
+        (
+            f"{BASE}?tag=kitchen",
+            [("model", "nova-3")],
+            16000,
+            1,
+            f"{BASE}?tag=kitchen&model=nova-3&encoding=linear16&sample_rate=16000&channels=1",
+        ),
+        (
+            f"{BASE}?",
+            [("extra", "room:kitchen"), ("replace", "a/b&c=d"), ("search", "caf\u00e9")],
+            8000,
+            1,
+            f"{BASE}?extra=room%3Akitchen&replace=a%2Fb%26c%3Dd&search=caf%C3%A9"
+            "&encoding=linear16&sample_rate=8000&channels=1",
+        ),
+        (
+            "ws://127.0.0.1:8765/v1/listen",
+            [("endpointing", "300"), ("utterance_end_ms", "1000")],
+            16000,
+            1,
+            "ws://127.0.0.1:8765/v1/listen?endpointing=300&utterance_end_ms=1000"
+            "&encoding=linear16&sample_rate=16000&channels=1",
+        ),
+    ],
+)
+def test_listen_url(
+    base_url: str, query: list[tuple[str, str]], rate_hz: int, channels: int, expected: str
+) -> None:
+    assert listen_url(base_url, query, rate_hz, channels) == expected
+
+
+@pytest.mark.parametrize("key", ["encoding", "sample_rate", "channels"])
+def test_listen_url_refuses_audio_keys_from_query(key: str) -> None:
+    with pytest.raises(ValueError, match=f"deepgram.query.{key}: remove it"):
+        listen_url(BASE, [("model", "nova-3"), (key, "1")], 16000, 1)
+
+
+@pytest.mark.parametrize(
+    ("api_key", "expected"),
+    [
+        ("0123abcd", [("Authorization", "Token 0123abcd")]),
+        ("", [("Authorization", "Token ")]),
+    ],
+)
+def test_auth_headers(api_key: str, expected: list[tuple[str, str]]) -> None:
+    assert auth_headers(api_key) == expected
+
+
+# --- handshake rejections -------------------------------------------------------------------
+
+RID = "8f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b"
+RID_HEADER = [(b"dg-request-id", RID.encode())]
+
+REJECTIONS: list[tuple[int, list[tuple[bytes, bytes]], bytes | None, HandshakeRejection, str]] = [
+    (
+        401,
+        [
+            (b"content-type", b"application/json"),
+            (b"dg-request-id", RID.encode()),
+            (b"dg-error", b"Invalid credentials."),
+        ],
+        b'{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials.","request_id":"'
+        + RID.encode()
+        + b'"}',
+        HandshakeRejection(
+            401, "INVALID_AUTH", "Invalid credentials.", RID, "Invalid credentials."
+        ),
+        f"HTTP 401 INVALID_AUTH: Invalid credentials. (request id {RID})",
+    ),
+    (
+        400,
+        [
+            (b"DG-Request-ID", RID.encode()),
+            (b"DG-Error", b"The keywords parameter is not supported for nova-3. Use keyterm."),
+        ],
+        b'{"err_code":"INVALID_QUERY_PARAMETER","err_msg":"Bad Request: keywords is not '
+        b'supported with nova-3, use keyterm","request_id":"' + RID.encode() + b'"}',
+        HandshakeRejection(
+            400,
+            "INVALID_QUERY_PARAMETER",
+            "Bad Request: keywords is not supported with nova-3, use keyterm",
+            RID,
+            "The keywords parameter is not supported for nova-3. Use keyterm.",
+        ),
+        "HTTP 400 INVALID_QUERY_PARAMETER: Bad Request: keywords is not supported with nova-3, "
+        "use keyterm (dg-error: The keywords parameter is not supported for nova-3. Use "
+        f"keyterm., request id {RID})",
+    ),
+    (
+        429,
+        [],
+        b'{"err_code":"TOO_MANY_REQUESTS","err_msg":"Too many requests. Please try again later",'
+        b'"request_id":"body-id"}',
+        HandshakeRejection(
+            429, "TOO_MANY_REQUESTS", "Too many requests. Please try again later", "body-id", ""
+        ),
+        "HTTP 429 TOO_MANY_REQUESTS: Too many requests. Please try again later "
+        "(request id body-id)",
+    ),
+    (
+        503,
+        RID_HEADER,
+        b'{"error_code":503,"error_message":"Service unavailable","request_id":"body-id"}',
+        HandshakeRejection(503, "503", "Service unavailable", RID, ""),
+        f"HTTP 503 503: Service unavailable (request id {RID})",
+    ),
+    (
+        402,
+        RID_HEADER,
+        b'{"category":"ASR_PAYMENT_REQUIRED","message":"Project does not have enough credits",'
+        b'"details":"","request_id":"' + RID.encode() + b'"}',
+        HandshakeRejection(
+            402, "ASR_PAYMENT_REQUIRED", "Project does not have enough credits", RID, ""
+        ),
+        f"HTTP 402 ASR_PAYMENT_REQUIRED: Project does not have enough credits (request id {RID})",
+    ),
+    (
+        403,
+        [(b"dg-error", b"Insufficient permissions.")],
+        None,
+        HandshakeRejection(403, "", "", "", "Insufficient permissions."),
+        "HTTP 403 Forbidden (dg-error: Insufficient permissions.)",
+    ),
+    (503, [], None, HandshakeRejection(503, "", "", "", ""), "HTTP 503 Service Unavailable"),
+    (503, [], b"", HandshakeRejection(503, "", "", "", ""), "HTTP 503 Service Unavailable"),
+    (599, [], None, HandshakeRejection(599, "", "", "", ""), "HTTP 599"),
+    (
+        502,
+        [(b"content-type", b"text/html")],
+        b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+        b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+        HandshakeRejection(
+            502,
+            "",
+            "<html> <head><title>502 Bad Gateway</title></head> <body> "
+            "<center><h1>502 Bad Gateway</h1></center> </body> </html>",
+            "",
+            "",
+        ),
+        "HTTP 502: <html> <head><title>502 Bad Gateway</title></head> <body> "
+        "<center><h1>502 Bad Gateway</h1></center> </body> </html>",
+    ),
+    (
+        405,
+        [],
+        b"Method Not Allowed",
+        HandshakeRejection(405, "", "Method Not Allowed", "", ""),
+        "HTTP 405: Method Not Allowed",
+    ),
+    (
+        400,
+        [],
+        b"\xff\xfe\x00garbage\x07\x1b[31m",
+        HandshakeRejection(400, "", "\ufffd\ufffd garbage [31m", "", ""),
+        "HTTP 400: \ufffd\ufffd garbage [31m",
+    ),
+    (
+        400,
+        [],
+        b"x" * 1000,
+        HandshakeRejection(400, "", "x" * 200, "", ""),
+        "HTTP 400: " + "x" * 200,
+    ),
+    (
+        400,
+        [],
+        b'["INVALID_AUTH"]',
+        HandshakeRejection(400, "", '["INVALID_AUTH"]', "", ""),
+        'HTTP 400: ["INVALID_AUTH"]',
+    ),
+    (
+        401,
+        [],
+        # Wrong types and bool codes are ignored; the body is then shown as text.
+        b'{"err_code":true,"err_msg":{"a":1},"request_id":5}',
+        HandshakeRejection(401, "", '{"err_code":true,"err_msg":{"a":1},"request_id":5}', "", ""),
+        'HTTP 401: {"err_code":true,"err_msg":{"a":1},"request_id":5}',
+    ),
+    (
+        401,
+        [(b"dg-request-id", b"  id\r\nInjected: yes  ")],
+        b'{"err_code":"INVALID_AUTH","err_msg":"line one\\nline two"}',
+        HandshakeRejection(401, "INVALID_AUTH", "line one line two", "id Injected: yes", ""),
+        "HTTP 401 INVALID_AUTH: line one line two (request id id Injected: yes)",
+    ),
+    (
+        401,
+        [],
+        b'{"err_code":"INVALID_AUTH"}',
+        HandshakeRejection(401, "INVALID_AUTH", "", "", ""),
+        "HTTP 401 INVALID_AUTH",
+    ),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "expected", "line"), REJECTIONS)
+def test_parse_rejection(
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None,
+    expected: HandshakeRejection,
+    line: str,
+) -> None:
+    rejection = parse_rejection(status, headers, body)
+    assert rejection == expected
+    assert rejection.describe() == line
+
+
+def test_parse_rejection_oversized_json_body_is_excerpted_not_parsed() -> None:
+    body = b'{"err_code":"INVALID_AUTH","err_msg":"' + b"y" * 100_000 + b'"}'
+    rejection = parse_rejection(401, [], body)
+    assert rejection == HandshakeRejection(
+        401, "", ('{"err_code":"INVALID_AUTH","err_msg":"' + "y" * 200)[:200], "", ""
+    )
+
+
+def test_fuzz_parse_rejection_never_raises() -> None:
+    rng = random.Random(99)
+    bodies = [body for _, _, body, _, _ in REJECTIONS if body]
+    for _ in range(2000):
+        if rng.random() < 0.5:
+            body: bytes | None = rng.randbytes(rng.randrange(80))
+        else:
+            base = bytearray(rng.choice(bodies))
+            for _ in range(rng.randrange(1, 5)):
+                base[rng.randrange(len(base))] = rng.randrange(256)
+            body = bytes(base)
+        headers = [
+            (rng.choice([b"dg-error", b"DG-REQUEST-ID", b"x"]), rng.randbytes(rng.randrange(20)))
+            for _ in range(rng.randrange(3))
+        ]
+        rejection = parse_rejection(rng.randrange(100, 600), headers, body)
+        line = rejection.describe()
+        assert line.isprintable()
+        assert "\n" not in line
+
+
+# --- close frames ---------------------------------------------------------------------------
+
+NET0001_REASON = (
+    "Deepgram did not receive audio data or a text message within the timeout window. "
+    "See https://dpgr.am/net0001"
+)
+NET0000_REASON = (
+    "Deepgram did not provide a response message within the timeout window. "
+    "See https://dpgr.am/net0000"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "expected"),
+    [
+        (1011, NET0001_REASON, CloseInfo(1011, NET0001_REASON, "NET-0001")),
+        (1011, NET0000_REASON, CloseInfo(1011, NET0000_REASON, "NET-0000")),
+        (1011, "NET-0001: timeout", CloseInfo(1011, "NET-0001: timeout", "NET-0001")),
+        (1011, "net-0000", CloseInfo(1011, "net-0000", "NET-0000")),
+        (
+            1008,
+            "DATA-0000: The payload cannot be decoded as audio. It is either not audio data or "
+            "is a codec unsupported by Deepgram.",
+            CloseInfo(
+                1008,
+                "DATA-0000: The payload cannot be decoded as audio. It is either not audio data "
+                "or is a codec unsupported by Deepgram.",
+                "DATA-0000",
+            ),
+        ),
+        (
+            1008,
+            "see https://dpgr.am/data0000",
+            CloseInfo(1008, "see https://dpgr.am/data0000", "DATA-0000"),
+        ),
+        (1000, "", CloseInfo(1000, "", "")),
+        (1000, None, CloseInfo(1000, "", "")),
+        (1006, None, CloseInfo(1006, "", "")),
+        (1011, "Internal error", CloseInfo(1011, "Internal error", "")),
+        (1011, "NET-0002 is not a known tag", CloseInfo(1011, "NET-0002 is not a known tag", "")),
+        (1011, "line\nbreak\x00 NET0001", CloseInfo(1011, "line break NET0001", "NET-0001")),
+    ],
+)
+def test_parse_close(code: int, reason: str | None, expected: CloseInfo) -> None:
+    assert parse_close(code, reason) == expected
+
+
+def test_fuzz_parse_close_never_raises() -> None:
+    rng = random.Random(5)
+    for _ in range(2000):
+        reason = "".join(chr(rng.randrange(0x3000)) for _ in range(rng.randrange(140)))
+        info = parse_close(rng.randrange(1000, 5000), reason)
+        assert info.tag in {"", "NET-0001", "NET-0000", "DATA-0000"}
+        assert info.reason.isprintable()
