@@ -70,6 +70,11 @@ CAPTURE_STOP_GRACE_S: Final = 0.5
 MONITOR_TICK_S: Final = 1.0
 
 
+def _minutes(seconds: object) -> str:
+    value = float(str(seconds))
+    return f"{value / 60:.1f} min" if value >= 120 else f"{value:.0f} s"
+
+
 def pcm_format(config: Config) -> PcmFormat:
     """The capture format the config asks for."""
     return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
@@ -96,15 +101,18 @@ class StatusBoard:
     link: str = "connecting"
     gate_open: bool = False
     gate_mode: str = "energy"
+    gist: str = ""  # the counters in a few words, refreshed with every stats record
 
     def render(self) -> str:
         if not self.device_ok:
-            return self.device
-        if self.link != "streaming":
-            return self.link
-        if self.gate_mode == "energy" and not self.gate_open:
-            return "gated: silence"
-        return "streaming"
+            state = self.device
+        elif self.link != "streaming":
+            state = self.link
+        elif self.gate_mode == "energy" and not self.gate_open:
+            state = "gated: silence"
+        else:
+            state = "streaming"
+        return f"{state}; {self.gist}" if self.gist else state
 
 
 class Daemon:
@@ -449,6 +457,11 @@ class Daemon:
 
     def _log_stats(self) -> None:
         fields = self._stats_fields()
+        self.status.gist = (
+            f"sent {_minutes(fields['sent_s'])} of {_minutes(fields['captured_s'])} captured, "
+            f"{fields['dropped_s']} s dropped, {fields['connects']} connection(s)"
+        )
+        self._publish_status()
         event(
             "stats",
             "captured %s s, sent %s s, gated %s s, replayed %s s, dropped %s s, "

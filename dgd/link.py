@@ -95,6 +95,9 @@ class LinkContext:
     #: Set to end the current connection gracefully (CloseStream) so the supervisor reconnects
     #: with new settings (config reload).
     close_requested: trio.Event = field(default_factory=trio.Event)
+    #: (trio time, seconds of backlog) when a connection began with a replay backlog; the
+    #: sender reports how long catching up took once the outbox runs empty.
+    catchup: tuple[float, float] | None = None
 
 
 class _Run:
@@ -162,6 +165,8 @@ async def _sender(
                 ctx.stopping.is_set() and feed.capture_done
             )
             item = outbox.peek()
+            if item is None and ctx.catchup is not None:
+                _report_catchup(ctx)
             if item is None and finishing:
                 await _send_text(ws, session.close_stream(trio.current_time()), timeout_s)
                 ctx.counters.messages_out += 1
@@ -199,6 +204,21 @@ async def _sender(
         run.fail(timeout_failure(f"a send did not complete within {timeout_s:g} s"))
     except (OSError, trio.BrokenResourceError) as exc:
         run.fail(network_failure(str(exc) or type(exc).__name__))
+
+
+def _report_catchup(ctx: LinkContext) -> None:
+    assert ctx.catchup is not None
+    started_at, backlog_s = ctx.catchup
+    ctx.catchup = None
+    took_s = trio.current_time() - started_at
+    event(
+        "caught_up",
+        "replay done: %.1f s of buffered audio sent in %.1f s; streaming live again",
+        backlog_s,
+        took_s,
+        backlog_s=f"{backlog_s:.2f}",
+        took_s=f"{took_s:.2f}",
+    )
 
 
 async def _wait_or_keepalive(

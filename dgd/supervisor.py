@@ -11,10 +11,10 @@ rejected key is retried slowly until someone fixes it.
 from __future__ import annotations
 
 import logging
+import math
 import random
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dgd.supervisor")
 
+#: Pause between the few connection attempts made while shutting down.
+SHUTDOWN_RETRY_S: Final = 0.5
+
 
 @dataclass(slots=True)
 class SupervisorCounters:
@@ -45,7 +48,6 @@ class SupervisorCounters:
 
     connects: int = 0
     reconnects_by_cause: dict[str, int] = field(default_factory=dict)
-    catchup_started_at: float | None = None
 
 
 class Supervisor:
@@ -87,7 +89,7 @@ class Supervisor:
         self.connected = False
         self.last_failure: Failure | None = None
         self._retry_now = trio.Event()
-        self._last_logged: tuple[str, str] | None = None
+        self._stopping_attempts = 0
 
     def retry_now(self) -> None:
         """Cut the current backoff wait short and start from the first attempt (SIGHUP)."""
@@ -126,10 +128,15 @@ class Supervisor:
                 self.counters.reconnects_by_cause.get(cause, 0) + 1
             )
             if self.ctx.stopping.is_set():
-                # Shutting down: no backoff; one more immediate try, bounded by the
-                # caller's close timeout, may still deliver what is buffered.
-                self._log_decision(failure, 0.0)
-                await trio.sleep(0.2)
+                # Shutting down: a transient failure gets a few quick tries (the caller's
+                # close timeout bounds them) to deliver what is buffered; a refusal will not
+                # change in the seconds left, so it is not retried.
+                self._stopping_attempts += 1
+                if failure.verdict is not Verdict.TRANSIENT or self._stopping_attempts > 3:
+                    self._log_decision(failure, math.inf)
+                    return
+                self._log_decision(failure, SHUTDOWN_RETRY_S)
+                await trio.sleep(SHUTDOWN_RETRY_S)
                 continue
             delay_s = self.policy.failed(failure, trio.current_time())
             self._log_decision(failure, delay_s)
@@ -172,7 +179,6 @@ class Supervisor:
         self.policy.connected(trio.current_time())
         outbox = self.ctx.feed.outbox
         backlog_s = outbox.pending_s
-        self._last_logged = None
         if self.last_failure is not None:
             event(
                 "connected",
@@ -183,7 +189,7 @@ class Supervisor:
                 backlog_s=f"{backlog_s:.2f}",
             )
             if backlog_s > 0:
-                self.counters.catchup_started_at = time.monotonic()
+                self.ctx.catchup = (trio.current_time(), backlog_s)
         else:
             event("connected", "connected to Deepgram", attempt=0)
         self.last_failure = None
@@ -195,11 +201,11 @@ class Supervisor:
         attempt = self.policy.attempt
         event(
             "disconnected",
-            "%s [%s]; attempt %d, next try in %.1f s; %.1f s of audio kept for replay",
+            "%s [%s]; attempt %d, next try in %s; %.1f s of audio kept for replay",
             failure.summary,
             failure.verdict.value,
             attempt,
-            delay_s,
+            "none (stopping)" if math.isinf(delay_s) else f"{delay_s:.1f} s",
             self.ctx.feed.outbox.pending_s,
             level=level,
             repeat_key=f"disconnected:{failure.cause}:{failure.status}",
