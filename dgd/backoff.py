@@ -52,7 +52,8 @@ class Failure:
 
 
 _REJECTED_HINTS: Final = {
-    401: "the API key was rejected: put a valid key in the key file and run `systemctl reload dgd`",
+    401: "the API key was rejected: put a valid key in the key file (/etc/dgd/api-key) and "
+    "run `systemctl restart dgd` (or `reload` when the key comes from deepgram.api_key_file)",
     402: "the Deepgram project has no credit left: add credit, then `systemctl reload dgd`",
     403: "the key lacks permission for this model or feature: check [deepgram.query] and the key's "
     "role, then `systemctl reload dgd`",

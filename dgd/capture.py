@@ -87,31 +87,24 @@ def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
 def open_pcm(device: str, fmt: PcmFormat) -> Any:
     """Open ``device`` for capture as S16_LE at the configured rate, channels and period.
 
-    Works with pyalsaaudio 0.8 (setters) and 0.9+ (keyword arguments; the setters are
-    deprecated there).
+    Needs pyalsaaudio 0.10 or newer (constructor keywords; 0.8's setters are deprecated and
+    its ``read()`` fails on Python 3.11).
 
     Raises:
         DeviceError: the device is missing, busy, not permitted, or refuses the format.
     """
     periods = max(4, -(-ALSA_BUFFER_MS // fmt.period_ms))
     try:
-        try:
-            pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_CAPTURE,
-                mode=alsaaudio.PCM_NORMAL,
-                device=device,
-                rate=fmt.rate_hz,
-                channels=fmt.channels,
-                format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=fmt.period_frames,
-                periods=periods,
-            )
-        except TypeError:  # pragma: no cover - pyalsaaudio 0.8 (Debian 12) has only setters
-            pcm = alsaaudio.PCM(alsaaudio.PCM_CAPTURE, alsaaudio.PCM_NORMAL, device=device)
-            pcm.setchannels(fmt.channels)
-            pcm.setrate(fmt.rate_hz)
-            pcm.setformat(alsaaudio.PCM_FORMAT_S16_LE)
-            pcm.setperiodsize(fmt.period_frames)
+        pcm = alsaaudio.PCM(
+            type=alsaaudio.PCM_CAPTURE,
+            mode=alsaaudio.PCM_NORMAL,
+            device=device,
+            rate=fmt.rate_hz,
+            channels=fmt.channels,
+            format=alsaaudio.PCM_FORMAT_S16_LE,
+            periodsize=fmt.period_frames,
+            periods=periods,
+        )
     except alsaaudio.ALSAAudioError as exc:
         raise classify_alsa_error(device, exc) from exc
     return pcm

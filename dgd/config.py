@@ -690,7 +690,14 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
     if cred_dir:
         path = os.path.join(cred_dir, CREDENTIAL_NAME)
         if os.path.exists(path):
-            key = _read_key(path, f"credential {CREDENTIAL_NAME}")
+            try:
+                key = _read_key(path, f"credential {CREDENTIAL_NAME}")
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"{problem} (the shipped unit loads it from /etc/dgd/api-key: "
+                    "`sudoedit /etc/dgd/api-key`, then `systemctl restart dgd`)"
+                    for problem in exc.problems
+                ) from None
             return ApiKey(key, f"credential {CREDENTIAL_NAME}"), warnings
 
     if environ.get(API_KEY_ENV, "").strip():

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 import trio_websocket
+from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -89,17 +90,24 @@ class WebSocket:
 
     async def send_bytes(self, data: bytes) -> None:
         """Send one binary message (callers never pass an empty one)."""
-        try:
-            await self._ws.send_message(data)
-        except trio_websocket.ConnectionClosed as exc:
-            raise _closed_from(exc) from exc
+        await self._send(data)
 
     async def send_text(self, text: str) -> None:
         """Send one text message."""
+        await self._send(text)
+
+    async def _send(self, message: str | bytes) -> None:
         try:
-            await self._ws.send_message(text)
+            await self._ws.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
             raise _closed_from(exc) from exc
+        except WsprotoStateError as exc:
+            # trio-websocket 0.9 lets wsproto's state error through when the peer has begun
+            # closing; it means the same as ConnectionClosed.
+            closed = self._ws.closed
+            if closed is not None:
+                raise Closed(int(closed.code), str(closed.reason or "")) from exc
+            raise Closed(ABNORMAL_CLOSURE, "the server is closing the connection") from exc
 
     async def receive(self) -> str | bytes:
         """Wait for the next message."""

@@ -748,7 +748,9 @@ def test_api_key_empty_credential(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_api_key(dg(), {"CREDENTIALS_DIRECTORY": str(tmp_path), "DEEPGRAM_API_KEY": "x"})
     assert info.value.problems == (
-        f"credential deepgram-api-key: {path} is empty; put the Deepgram API key in it",
+        f"credential deepgram-api-key: {path} is empty; put the Deepgram API key in it"
+        " (the shipped unit loads it from /etc/dgd/api-key: `sudoedit /etc/dgd/api-key`,"
+        " then `systemctl restart dgd`)",
     )
 
 
