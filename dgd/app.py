@@ -172,7 +172,7 @@ class Daemon:
         self._root: trio.Nursery | None = None
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
         self._stalled = False
-        self._digital_silence = False
+        self._waiting_for_device = False
         self.started_at = time.monotonic()
         self.dropped_by_cause: dict[str, float] = {}
 
@@ -276,6 +276,7 @@ class Daemon:
             event("device_opened", 'audio device "%s" opened; capturing', device, device=device)
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
         self._stalled = False
+        self._waiting_for_device = False
         self.status.device_ok = True
         self.status.device = "capturing"
         self._first_capture_attempt.set()
@@ -283,6 +284,7 @@ class Daemon:
 
     async def _device_failed(self, exc: DeviceError) -> None:
         was_ok = self.status.device_ok
+        self._waiting_for_device = True
         self.status.device_ok = False
         self.status.device = f'waiting for audio device "{exc.device}"'
         name = "device_lost" if was_ok else "device_unavailable"
@@ -335,7 +337,6 @@ class Daemon:
                 event("gate_close", "silence: gate closed", level=logging.DEBUG)
                 self._publish_status()
             elif isinstance(item, DigitalSilence):
-                self._digital_silence = True
                 event(
                     "digital_silence",
                     'audio device "%s" has delivered only exact zeros for %.0f s: the input is '
@@ -346,7 +347,6 @@ class Daemon:
                     level=logging.WARNING,
                 )
             elif isinstance(item, SignalReturned):
-                self._digital_silence = False
                 event(
                     "signal_returned",
                     "input signal is back after %.0f s of digital silence",
@@ -402,10 +402,16 @@ class Daemon:
         return interval if interval > 0 else math.inf
 
     def _check_capture(self) -> bool:
-        """True while audio is moving through the pipeline (what the watchdog vouches for)."""
+        """What the watchdog vouches for: audio is moving through the pipeline, or the device
+        is missing and the capture task is waiting for it.
+
+        A missing or unplugged microphone is not a fault a restart can fix, so the daemon keeps
+        petting the watchdog while it waits (and says so in STATUS=). A capture that is open but
+        delivers nothing is stuck: the watchdog stops, and systemd restarts the service.
+        """
         beat = self.heartbeat
         if not beat.opened:
-            return False
+            return self._waiting_for_device
         stale_s = time.monotonic() - beat.last_period_at
         if stale_s < STALL_S:
             if self._stalled:

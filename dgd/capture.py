@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import inspect
 import logging
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -84,8 +85,27 @@ def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
     return DeviceError(device, problem, text)
 
 
+def _poller_for(pcm: Any) -> select.poll | None:
+    """A poll object over the PCM's descriptors (None if the PCM offers none)."""
+    try:
+        descriptors = pcm.polldescriptors()
+    except alsaaudio.ALSAAudioError:
+        return None
+    if not descriptors:
+        return None
+    poller = select.poll()
+    for fd, mask in descriptors:
+        poller.register(fd, mask)
+    return poller
+
+
 def open_pcm(device: str, fmt: PcmFormat) -> Any:
     """Open ``device`` for capture as S16_LE at the configured rate, channels and period.
+
+    The PCM is opened non-blocking: pyalsaaudio holds the GIL inside ``snd_pcm_open``, and a
+    blocking open of a busy ``hw:`` device waits in the kernel until it is free, which would
+    freeze the whole daemon. Non-blocking, a busy device fails at once with EBUSY, and reads
+    that find no period ready return nothing and are waited for with ``poll``.
 
     Needs pyalsaaudio 0.10 or newer (constructor keywords; 0.8's setters are deprecated and
     its ``read()`` fails on Python 3.11).
@@ -97,7 +117,7 @@ def open_pcm(device: str, fmt: PcmFormat) -> Any:
     try:
         pcm = alsaaudio.PCM(
             type=alsaaudio.PCM_CAPTURE,
-            mode=alsaaudio.PCM_NORMAL,
+            mode=alsaaudio.PCM_NONBLOCK,
             device=device,
             rate=fmt.rate_hz,
             channels=fmt.channels,
@@ -195,11 +215,19 @@ class CaptureThread:
             pcm.close()
 
     def _read_loop(self, pcm: Any, generation: int) -> None:
+        poller = _poller_for(pcm)
+        period_s = self.fmt.period_ms / 1000
         while not self.stop_requested.is_set():
             try:
                 n_frames, data = pcm.read()
             except alsaaudio.ALSAAudioError as exc:
                 raise classify_alsa_error(self.device, exc) from exc
+            if n_frames == 0 and not data:
+                # Non-blocking PCM with no period ready yet: wait for ALSA (in poll, which
+                # releases the GIL and lets a stop request be seen within a period).
+                if poller is None or not poller.poll(round(period_s * 2000)):
+                    time.sleep(period_s / 4)
+                continue
             read_done_s = time.time()
             with self._lock:
                 if generation != self.generation:

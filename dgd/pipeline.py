@@ -23,6 +23,7 @@ from dgd.events import (
     SignalReturned,
 )
 from dgd.pcm import PcmFormat, is_digital_silence, level_dbfs
+from dgd.timemap import CONTIGUOUS_TOLERANCE_S
 
 if TYPE_CHECKING:
     from dgd.gate import Gate
@@ -46,23 +47,24 @@ class CaptureClock:
 
     def __init__(self, period_s: float) -> None:
         self._period_s = period_s
-        self._next_start_s: float | None = None
+        self._anchor_s: float | None = None
+        self._count = 0  # periods since the anchor: anchor + n·period avoids summing rounding
 
     def stamp(self, read_done_s: float) -> float:
         """Return the capture start time of the period whose read finished at ``read_done_s``."""
         observed_s = read_done_s - self._period_s
-        expected_s = self._next_start_s
-        start_s = (
-            expected_s
-            if expected_s is not None and abs(observed_s - expected_s) <= CLOCK_REANCHOR_S
-            else observed_s
-        )
-        self._next_start_s = start_s + self._period_s
-        return start_s
+        if self._anchor_s is not None:
+            expected_s = self._anchor_s + self._count * self._period_s
+            if abs(observed_s - expected_s) <= CLOCK_REANCHOR_S:
+                self._count += 1
+                return expected_s
+        self._anchor_s = observed_s
+        self._count = 1
+        return observed_s
 
     def reset(self) -> None:
         """Forget continuity (the device was reopened)."""
-        self._next_start_s = None
+        self._anchor_s = None
 
 
 @dataclass(slots=True)
@@ -71,11 +73,15 @@ class PipelineCounters:
 
     periods_captured: int = 0
     periods_forwarded: int = 0
-    periods_gated: int = 0
     periods_would_drop: int = 0
     invalid_buffers: int = 0
     frames: int = 0
     finalizes: int = 0
+
+    @property
+    def periods_gated(self) -> int:
+        """Periods not sent (pre-roll that was sent on opening counts as forwarded)."""
+        return max(0, self.periods_captured - self.periods_forwarded)
 
 
 class CapturePipeline:
@@ -133,8 +139,6 @@ class CapturePipeline:
             self.counters.periods_forwarded += len(step.forward)
             for forwarded in step.forward:
                 self._append(forwarded, out)
-        else:
-            self.counters.periods_gated += 1
         if step.closed:
             self._flush(out)
             out.append(GateClosed(start_s + self.fmt.period_ms / 1000))
@@ -154,7 +158,8 @@ class CapturePipeline:
     def _append(self, period: Period, out: list[PipelineOutput]) -> None:
         if self._pending:
             last = self._pending[-1]
-            contiguous = abs(last.start_s + self.fmt.period_ms / 1000 - period.start_s) < 1e-6
+            gap_s = period.start_s - (last.start_s + self.fmt.period_ms / 1000)
+            contiguous = abs(gap_s) <= CONTIGUOUS_TOLERANCE_S
             if not contiguous:
                 self._flush(out)
         self._pending.append(period)

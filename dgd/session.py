@@ -160,16 +160,16 @@ class Session:
             self.request_id = self.request_id or message.request_id
             return [message]
         if isinstance(message, UtteranceEnd):
-            return self._marker("utterance_end", message.last_word_end_s)
+            return self._marker("utterance_end", message.last_word_end_s, is_end=True)
         if isinstance(message, SpeechStarted):
             return self._marker("speech_started", message.timestamp_s)
         self.counters.unrecognized += 1
         return [message]
 
-    def _marker(self, kind: str, offset_s: float) -> list[SessionEvent]:
+    def _marker(self, kind: str, offset_s: float, *, is_end: bool = False) -> list[SessionEvent]:
         if not self.timemap.segments:
             return []
-        return [Marker(kind, self.timemap.to_wall(offset_s))]
+        return [Marker(kind, self.timemap.to_wall(offset_s, is_end=is_end))]
 
     def _on_result(self, result: TranscriptResult) -> list[SessionEvent]:
         self.counters.results += 1

@@ -13,8 +13,10 @@ import bisect
 from dataclasses import dataclass
 from typing import Final
 
-#: Frames whose capture times meet within this tolerance extend the same segment.
-CONTIGUOUS_TOLERANCE_S: Final = 1e-6
+#: Frames whose capture times meet within this tolerance extend the same segment. Wall-clock
+#: times near 1.7e9 s carry only ~0.2 µs of float precision, so sums of period durations
+#: drift by microseconds; a real gap is at least one period (5 ms or more).
+CONTIGUOUS_TOLERANCE_S: Final = 1e-3
 
 
 @dataclass(slots=True)
