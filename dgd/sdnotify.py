@@ -96,8 +96,9 @@ def _watchdog_interval_s(environ: Mapping[str, str]) -> float | None:
     """Half of ``WATCHDOG_USEC`` in seconds when the watchdog is meant for this process."""
     usec = environ.get("WATCHDOG_USEC", "")
     pid = environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0:
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    if not usec.isdecimal() or int(usec) == 0:
         return None
-    if pid and pid.isdigit() and int(pid) != os.getpid():
-        return None
+    if pid and (not pid.isdecimal() or int(pid) != os.getpid()):
+        return None  # meant for another process (or unreadable, as sd_watchdog_enabled says)
     return int(usec) / 2_000_000

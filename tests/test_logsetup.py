@@ -1,0 +1,328 @@
+"""Logging helpers (dgd.logsetup): secret scrubbing, repeat folding, events, stderr format."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dgd.logsetup import (
+    REDACTED,
+    REPEAT_WINDOW_S,
+    RepeatFilter,
+    SecretFilter,
+    StderrFormatter,
+    event,
+    journal_available,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SECRET = "dg_0123456789abcdef"  # a made-up key
+
+
+def record(
+    msg: object,
+    *args: object,
+    level: int = logging.WARNING,
+    exc_info: logging._SysExcInfoType | None = None,
+    **fields: object,
+) -> logging.LogRecord:
+    rec = logging.LogRecord("dgd.test", level, __file__, 1, msg, args or None, exc_info)
+    for key, value in fields.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def secret_filter(*secrets: str) -> SecretFilter:
+    f = SecretFilter()
+    f.set_secrets(*secrets)
+    return f
+
+
+# --- SecretFilter ------------------------------------------------------------------------
+
+SCRUB_CASES = [
+    pytest.param((f"Authorization: Token {SECRET}",), "Authorization: Token <redacted>", id="msg"),
+    pytest.param(("key=%s", SECRET), "key=<redacted>", id="arg"),
+    pytest.param(
+        ("url=%s?x=%d", f"wss://h/{SECRET}/x", 3), "url=wss://h/<redacted>/x?x=3", id="args"
+    ),
+    pytest.param((f"{SECRET} and {SECRET}",), "<redacted> and <redacted>", id="twice"),
+    pytest.param(("%s", f"a{SECRET}b"), "a<redacted>b", id="embedded"),
+    pytest.param(("nothing secret",), "nothing secret", id="clean"),
+    pytest.param(("nothing secret: %d%%", 5), "nothing secret: 5%", id="clean-args-rendered"),
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), SCRUB_CASES)
+def test_secret_filter_scrubs_the_message(call: tuple[object, ...], expected: str) -> None:
+    rec = record(*call)
+    assert secret_filter(SECRET).filter(rec) is True
+    assert rec.getMessage() == expected
+    assert SECRET not in str(rec.msg)
+    # Rendered now: a later getMessage() cannot bring the secret back through args.
+    assert rec.args is None or rec.getMessage() == expected
+
+
+def test_secret_filter_scrubs_upper_case_fields_only() -> None:
+    rec = record(
+        "connect",
+        DGD_URL=f"wss://api/{SECRET}",
+        DGD_ATTEMPT=3,
+        dgd_lower=f"x{SECRET}",
+    )
+    secret_filter(SECRET).filter(rec)
+    assert f"wss://api/{REDACTED}" == rec.DGD_URL  # type: ignore[attr-defined]
+    assert rec.DGD_ATTEMPT == 3  # type: ignore[attr-defined]
+    # Lower-case attributes never reach journald (it drops them) nor the stderr format.
+    assert rec.dgd_lower == f"x{SECRET}"  # type: ignore[attr-defined]
+
+
+def test_secret_filter_scrubs_exception_text() -> None:
+    try:
+        raise ValueError(f"handshake failed with header Token {SECRET}")
+    except ValueError:
+        rec = record("connect failed", exc_info=sys.exc_info())
+    secret_filter(SECRET).filter(rec)
+    assert rec.exc_info is None
+    assert rec.exc_text is None
+    message = rec.getMessage()
+    assert message.startswith("connect failed\nTraceback (most recent call last):")
+    assert message.endswith(f"ValueError: handshake failed with header Token {REDACTED}")
+    assert SECRET not in message
+    # Any formatter now prints the scrubbed text and no traceback of its own.
+    formatted = logging.Formatter("%(message)s").format(rec)
+    assert SECRET not in formatted
+    assert formatted.count("Traceback") == 1
+
+
+@pytest.mark.parametrize(
+    ("secrets", "text", "expected"),
+    [
+        (("abc",), "abc abc", "abc abc"),  # shorter than 4: ignored
+        (("",), "anything", "anything"),
+        (("abcd",), "xabcdx", f"x{REDACTED}x"),  # 4 is enough
+        (("abc", SECRET), f"abc {SECRET}", f"abc {REDACTED}"),
+        ((SECRET, "second-key"), f"{SECRET}/second-key", f"{REDACTED}/{REDACTED}"),
+    ],
+)
+def test_short_secrets_are_ignored(secrets: tuple[str, ...], text: str, expected: str) -> None:
+    f = secret_filter(*secrets)
+    assert f.scrub(text) == expected
+    rec = record(text)
+    f.filter(rec)
+    assert rec.getMessage() == expected
+
+
+def test_secret_filter_without_secrets_leaves_records_alone() -> None:
+    rec = record("key=%s", "abc", DGD_X="abc")
+    secret_filter().filter(rec)
+    assert rec.msg == "key=%s"
+    assert rec.args == ("abc",)
+
+
+def test_set_secrets_replaces_the_previous_ones() -> None:
+    f = secret_filter("old-secret")
+    f.set_secrets("new-secret")
+    assert f.scrub("old-secret new-secret") == f"old-secret {REDACTED}"
+
+
+# --- RepeatFilter ------------------------------------------------------------------------
+
+
+def test_repeat_window_default() -> None:
+    assert REPEAT_WINDOW_S == 300.0
+    assert RepeatFilter().window_s == 300.0
+
+
+def test_records_without_a_key_always_pass() -> None:
+    f = RepeatFilter()
+    assert [f.filter(record("same")) for _ in range(3)] == [True, True, True]
+
+
+def test_repeats_are_suppressed_within_the_window_and_counted_after() -> None:
+    f = RepeatFilter()
+    first = record("device %s lost", "hw:1", dgd_repeat_key="device")
+    assert f.filter(first) is True
+    assert first.getMessage() == "device hw:1 lost"
+    assert [
+        f.filter(record("device %s lost", "hw:1", dgd_repeat_key="device")) for _ in range(3)
+    ] == [
+        False,
+        False,
+        False,
+    ]
+    # No clock is injected: shrinking the (public) window ends it without sleeping.
+    f.window_s = 0.0
+    after = record("device %s lost", "hw:1", dgd_repeat_key="device")
+    assert f.filter(after) is True
+    assert after.getMessage() == "device hw:1 lost (repeated 3 times in the last 0 min)"
+    assert after.args is None
+    # A new window starts with that record: the count restarts.
+    f.window_s = 300.0
+    assert f.filter(record("device lost", dgd_repeat_key="device")) is False
+    f.window_s = 0.0
+    again = record("device lost", dgd_repeat_key="device")
+    assert f.filter(again) is True
+    assert again.getMessage() == "device lost (repeated 1 times in the last 0 min)"
+
+
+def test_repeat_report_names_the_window_in_minutes() -> None:
+    f = RepeatFilter(window_s=600.0)
+    assert f.filter(record("x", dgd_repeat_key="k")) is True
+    assert f.filter(record("x", dgd_repeat_key="k")) is False
+    f.window_s = 0.0
+    rec = record("x", dgd_repeat_key="k")
+    f.filter(rec)
+    assert rec.getMessage() == "x (repeated 1 times in the last 0 min)"
+
+
+def test_a_record_after_the_window_without_repeats_is_unchanged() -> None:
+    f = RepeatFilter(window_s=0.0)
+    assert f.filter(record("x", dgd_repeat_key="k")) is True
+    rec = record("x", dgd_repeat_key="k")
+    assert f.filter(rec) is True
+    assert rec.getMessage() == "x"
+
+
+def test_repeat_keys_are_independent() -> None:
+    f = RepeatFilter()
+    assert f.filter(record("a", dgd_repeat_key="a")) is True
+    assert f.filter(record("b", dgd_repeat_key="b")) is True
+    assert f.filter(record("a", dgd_repeat_key="a")) is False
+    assert f.filter(record("b", dgd_repeat_key="b")) is False
+    assert f.filter(record("c", dgd_repeat_key="")) is True  # an empty key opts out
+
+
+# --- event() -----------------------------------------------------------------------------
+
+
+def test_event_sets_dgd_fields(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("dgd.test.event")
+    caplog.set_level(logging.DEBUG, logger="dgd.test.event")
+    event(
+        "gate_open",
+        "speech started at %.1f dBFS",
+        -20.0,
+        level=logging.WARNING,
+        repeat_key="gate",
+        logger=logger,
+        fields_map={"level_dbfs": -20.0, "threshold_dbfs": -45.0},
+        threshold_dbfs=-40.0,  # keywords win over the map
+        attempt=3,
+    )
+    (rec,) = caplog.records
+    assert rec.getMessage() == "speech started at -20.0 dBFS"
+    assert rec.levelno == logging.WARNING
+    assert rec.name == "dgd.test.event"
+    assert rec.DGD_EVENT == "gate_open"  # type: ignore[attr-defined]
+    assert rec.DGD_LEVEL_DBFS == -20.0  # type: ignore[attr-defined]
+    assert rec.DGD_THRESHOLD_DBFS == -40.0  # type: ignore[attr-defined]
+    assert rec.DGD_ATTEMPT == 3  # type: ignore[attr-defined]
+    assert rec.dgd_repeat_key == "gate"  # type: ignore[attr-defined]
+
+
+def test_event_defaults(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="dgd")
+    event("connected", "connected to %s", "api.deepgram.com")
+    (rec,) = caplog.records
+    assert rec.name == "dgd"
+    assert rec.levelno == logging.INFO
+    assert rec.DGD_EVENT == "connected"  # type: ignore[attr-defined]
+    assert not hasattr(rec, "dgd_repeat_key")
+    assert [k for k in vars(rec) if k.startswith("DGD_")] == ["DGD_EVENT"]
+
+
+def test_event_through_both_filters(caplog: pytest.LogCaptureFixture) -> None:
+    # The way setup() wires a handler: secret scrubbing, then repeat folding.
+    logger = logging.getLogger("dgd.test.filters")
+    logger.propagate = False
+    collected: list[logging.LogRecord] = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, rec: logging.LogRecord) -> None:
+            collected.append(rec)
+
+    handler = ListHandler()
+    handler.addFilter(secret_filter(SECRET))
+    handler.addFilter(RepeatFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        for _ in range(3):
+            event("auth", "rejected key %s", SECRET, logger=logger, repeat_key="auth", url=SECRET)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    assert [r.getMessage() for r in collected] == [f"rejected key {REDACTED}"]
+    assert collected[0].DGD_URL == REDACTED  # type: ignore[attr-defined]
+
+
+# --- StderrFormatter ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("utc")
+@pytest.mark.parametrize(
+    ("fields", "level", "expected"),
+    [
+        (
+            {"DGD_EVENT": "gate_open"},
+            logging.INFO,
+            "2026-11-23 21:40:01 INFO gate_open: speech started",
+        ),
+        ({}, logging.WARNING, "2026-11-23 21:40:01 WARNING speech started"),
+        ({"DGD_EVENT": ""}, logging.ERROR, "2026-11-23 21:40:01 ERROR speech started"),
+    ],
+)
+def test_stderr_formatter(fields: dict[str, object], level: int, expected: str) -> None:
+    rec = record("speech %s", "started", level=level)
+    for key, value in fields.items():
+        setattr(rec, key, value)
+    rec.created = 1_795_470_001.75
+    assert StderrFormatter().format(rec) == expected
+
+
+@pytest.mark.usefixtures("utc")
+def test_stderr_formatter_appends_the_traceback() -> None:
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        rec = record("failed", level=logging.ERROR, exc_info=sys.exc_info(), DGD_EVENT="crash")
+    rec.created = 1_795_470_001.0
+    text = StderrFormatter().format(rec)
+    first, rest = text.split("\n", 1)
+    assert first == "2026-11-23 21:40:01 ERROR crash: failed"
+    assert rest.startswith("Traceback (most recent call last):")
+    assert rest.endswith("RuntimeError: boom")
+
+
+# --- journal_available -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", ["", "garbage", "1:2:3", "x:y", "0:0"])
+def test_journal_not_available(stream: str) -> None:
+    assert journal_available({"JOURNAL_STREAM": stream}) is False
+
+
+def test_journal_available_when_stderr_matches() -> None:
+    try:
+        info = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        pytest.skip("stderr has no file descriptor under this capture mode")
+    assert journal_available({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}) is True
+    assert journal_available({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"}) is False

@@ -1,0 +1,550 @@
+"""The per-period path (dgd.pipeline): capture clock, validation, gating, framing, notices.
+
+Most tests use 8 kHz mono with 125 ms periods: every capture time is then a multiple of 1/8 s
+and exact in binary, so start times and durations are compared with ``==``. The gate has a
+fixed threshold (-40 dBFS to open, -43 dBFS to stay open), so its decisions do not depend on
+the adaptive noise floor. Each period carries a distinct constant sample value, so a frame's
+bytes show exactly which periods it was built from.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import TYPE_CHECKING
+
+import pytest
+
+from dgd.events import (
+    AudioFrame,
+    DigitalSilence,
+    FinalizeMarker,
+    GateClosed,
+    GateOpened,
+    InvalidBuffer,
+    PipelineOutput,
+    SignalReturned,
+)
+from dgd.gate import Gate
+from dgd.pcm import PcmFormat, level_dbfs
+from dgd.pipeline import (
+    CLOCK_REANCHOR_S,
+    DIGITAL_SILENCE_REPORT_S,
+    CaptureClock,
+    CapturePipeline,
+    PipelineCounters,
+)
+from dgd.timemap import TimeMap
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+FMT = PcmFormat(rate_hz=8000, channels=1, period_ms=125)  # 2000 bytes a period
+P = 0.125  # period in seconds
+T0 = 1000.0  # capture start of period 0
+THRESHOLD_DBFS = -40.0
+
+
+def const(value: int, fmt: PcmFormat = FMT) -> bytes:
+    """One period whose every sample is ``value``."""
+    n = fmt.period_frames * fmt.channels
+    return struct.pack(f"<{n}h", *([value] * n))
+
+
+def loud(k: int) -> bytes:
+    return const(10000 + k)  # about -10 dBFS
+
+
+def quiet(k: int) -> bytes:
+    return const(1 + k)  # -90 .. -50 dBFS for k < 100: below the close threshold
+
+
+ZEROS = bytes(FMT.period_bytes)
+
+
+def make_pipeline(
+    mode: str = "energy",
+    *,
+    preroll_ms: int = 250,
+    hangover_ms: int = 250,
+    frame_ms: int = 500,
+    fmt: PcmFormat = FMT,
+) -> CapturePipeline:
+    gate: Gate[object] = Gate(
+        mode=mode,
+        threshold_dbfs=THRESHOLD_DBFS,
+        preroll_ms=preroll_ms,
+        hangover_ms=hangover_ms,
+        period_ms=fmt.period_ms,
+    )
+    return CapturePipeline(fmt, gate, frame_ms)  # type: ignore[arg-type]
+
+
+def start(i: int) -> float:
+    """Capture start of period ``i`` in a gapless run."""
+    return T0 + i * P
+
+
+def run(pipeline: CapturePipeline, periods: Sequence[bytes]) -> list[list[PipelineOutput]]:
+    """Feed periods read on schedule (period ``i`` read at the end of its own capture)."""
+    return [pipeline.feed(data, start(i) + P) for i, data in enumerate(periods)]
+
+
+def flat(outputs: list[list[PipelineOutput]]) -> list[PipelineOutput]:
+    return [item for step in outputs for item in step]
+
+
+# --- CaptureClock ------------------------------------------------------------------------
+
+
+def test_reanchor_constants() -> None:
+    assert CLOCK_REANCHOR_S == 0.08
+    assert DIGITAL_SILENCE_REPORT_S == 5.0
+
+
+CLOCK_CASES = [
+    pytest.param([10.125, 10.25, 10.375], [10.0, 10.125, 10.25], id="on-schedule"),
+    pytest.param(
+        # Late by 5/64 s (0.078 <= 0.08): still contiguous.
+        [10.125, 10.25 + 0.078125, 10.375],
+        [10.0, 10.125, 10.25],
+        id="late-within-tolerance",
+    ),
+    pytest.param(
+        [10.125, 10.25 - 0.078125, 10.375],
+        [10.0, 10.125, 10.25],
+        id="early-within-tolerance",
+    ),
+    pytest.param(
+        # Late by 6/64 s (0.094 > 0.08): a gap, re-anchored to the wall clock.
+        [10.125, 10.25 + 0.09375, 10.375 + 0.09375],
+        [10.0, 10.21875, 10.34375],
+        id="late-beyond-tolerance",
+    ),
+    pytest.param(
+        [10.125, 10.25 - 0.09375],
+        [10.0, 10.03125],
+        id="early-beyond-tolerance",
+    ),
+    pytest.param(
+        # An overrun: two periods lost; the next one is stamped at its true time.
+        [10.125, 10.25, 10.625, 10.75],
+        [10.0, 10.125, 10.5, 10.625],
+        id="overrun-gap",
+    ),
+    pytest.param(
+        # Jitter does not accumulate: each read is judged against the contiguous schedule.
+        [10.125, 10.25 + 0.0625, 10.375 + 0.0625, 10.5 + 0.0625, 10.625],
+        [10.0, 10.125, 10.25, 10.375, 10.5],
+        id="sustained-jitter",
+    ),
+    pytest.param(
+        # A wall-clock step backwards re-anchors too.
+        [10.125, 5.125, 5.25],
+        [10.0, 5.0, 5.125],
+        id="clock-stepped-back",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reads", "expected"), CLOCK_CASES)
+def test_capture_clock(reads: list[float], expected: list[float]) -> None:
+    clock = CaptureClock(P)
+    assert [clock.stamp(r) for r in reads] == expected
+
+
+def test_capture_clock_reset_re_anchors() -> None:
+    clock = CaptureClock(P)
+    assert clock.stamp(10.125) == 10.0
+    assert clock.stamp(10.25 + 0.0625) == 10.125  # jitter absorbed
+    clock.reset()
+    assert clock.stamp(10.375 + 0.0625) == 10.3125  # after reset: the wall clock as read
+    assert clock.stamp(10.5) == 10.4375  # and contiguous from there
+
+
+def test_capture_clock_does_not_accumulate_rounding_at_epoch_magnitude() -> None:
+    # Start times are anchor + n·period, not a running sum of 0.02 (which at 1.8e9 s drifts by
+    # ~1.9e-8 s a period: 3.4 ms an hour).
+    clock = CaptureClock(0.02)
+    anchor_s = 1_795_470_001.0
+    stamps = [clock.stamp(anchor_s + (k + 1) * 0.02) for k in range(180_000)]
+    assert stamps[0] == anchor_s
+    assert stamps[-1] == anchor_s + 179_999 * 0.02
+    assert stamps[90_000] == anchor_s + 90_000 * 0.02
+
+
+# --- invalid buffers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x01\x00" * 999, id="short"),
+        pytest.param(b"\x01" * 1999, id="odd-short"),
+        pytest.param(b"\x01" * 2001, id="odd-long"),
+        pytest.param(b"\x01\x00" * 2000, id="two-periods"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["off", "energy", "shadow"])
+def test_invalid_buffer_is_reported_and_never_framed(data: bytes, mode: str) -> None:
+    pipeline = make_pipeline(mode, frame_ms=125)
+    out = pipeline.feed(data, 2000.5)
+    assert out == [InvalidBuffer(2000.5, len(data), 2000)]
+    assert pipeline.counters == PipelineCounters(invalid_buffers=1)
+    assert pipeline.flush() == []
+    # The gate never saw it.
+    assert pipeline.gate.statistics().periods_in == 0
+
+
+def test_invalid_buffers_between_valid_periods() -> None:
+    pipeline = make_pipeline("off", frame_ms=125)
+    out = [
+        pipeline.feed(loud(0), start(0) + P),
+        pipeline.feed(b"", start(1) + P),
+        pipeline.feed(b"\x00" * 7, start(1) + P),
+        # The clock was reset by the invalid reads: this read, 1/16 s late, is not pulled
+        # back onto the old schedule but stamped as read.
+        pipeline.feed(loud(2), start(2) + P + 0.0625),
+    ]
+    assert out == [
+        [AudioFrame(loud(0), start(0), P)],
+        [InvalidBuffer(start(1) + P, 0, 2000)],
+        [InvalidBuffer(start(1) + P, 7, 2000)],
+        [AudioFrame(loud(2), start(2) + 0.0625, P)],
+    ]
+    assert pipeline.counters.invalid_buffers == 2
+    assert pipeline.counters.periods_captured == 2
+    assert pipeline.counters.frames == 2
+
+
+# --- framing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame_ms", "periods_per_frame"),
+    [(125, 1), (250, 2), (500, 4), (1000, 8), (60, 1), (300, 2), (0, 1)],
+)
+def test_frames_are_whole_periods_of_frame_ms(frame_ms: int, periods_per_frame: int) -> None:
+    pipeline = make_pipeline("off", frame_ms=frame_ms)
+    periods = [loud(k) for k in range(8)]
+    frames = flat(run(pipeline, periods))
+    n = periods_per_frame
+    assert frames == [
+        AudioFrame(b"".join(periods[i : i + n]), start(i), n * P) for i in range(0, 8, n)
+    ]
+    assert pipeline.counters.frames == 8 // n
+
+
+def test_flush_returns_the_partial_frame_and_resets_the_clock() -> None:
+    pipeline = make_pipeline("off", frame_ms=500)
+    assert flat(run(pipeline, [loud(0), loud(1), loud(2)])) == []
+    assert pipeline.flush() == [AudioFrame(loud(0) + loud(1) + loud(2), start(0), 3 * P)]
+    assert pipeline.flush() == []
+    assert pipeline.counters.frames == 1
+    # After flush the clock re-anchors: 1/16 s of jitter is not absorbed.
+    assert pipeline.feed(loud(3), start(3) + P + 0.0625) == []
+    assert pipeline.flush() == [AudioFrame(loud(3), start(3) + 0.0625, P)]
+
+
+def test_non_contiguous_periods_split_frames() -> None:
+    pipeline = make_pipeline("off", frame_ms=500)
+    out = [
+        pipeline.feed(loud(0), start(0) + P),
+        pipeline.feed(loud(1), start(1) + P),
+        # An overrun: periods 2 and 3 never arrived.
+        pipeline.feed(loud(4), start(4) + P),
+        pipeline.feed(loud(5), start(5) + P),
+        pipeline.feed(loud(6), start(6) + P),
+        pipeline.feed(loud(7), start(7) + P),
+    ]
+    assert out == [
+        [],
+        [],
+        [AudioFrame(loud(0) + loud(1), start(0), 2 * P)],
+        [],
+        [],
+        [AudioFrame(loud(4) + loud(5) + loud(6) + loud(7), start(4), 4 * P)],
+    ]
+
+
+def test_set_frame_ms_takes_effect_with_the_next_frame() -> None:
+    pipeline = make_pipeline("off", frame_ms=250)
+    out = flat(run(pipeline, [loud(0), loud(1), loud(2)]))
+    assert out == [AudioFrame(loud(0) + loud(1), start(0), 2 * P)]
+    pipeline.set_frame_ms(500)
+    steps = [pipeline.feed(loud(k), start(k) + P) for k in range(3, 7)]
+    assert steps == [
+        [],
+        [],
+        [AudioFrame(loud(2) + loud(3) + loud(4) + loud(5), start(2), 4 * P)],
+        [],
+    ]
+    pipeline.set_frame_ms(125)  # smaller than what is pending: the next period flushes
+    assert pipeline.feed(loud(7), start(7) + P) == [AudioFrame(loud(6) + loud(7), start(6), 2 * P)]
+
+
+def test_stereo_frames_are_byte_exact() -> None:
+    fmt = PcmFormat(rate_hz=8000, channels=2, period_ms=125)
+    pipeline = make_pipeline("off", frame_ms=250, fmt=fmt)
+    periods = [
+        struct.pack("<2000h", *(((k * 1000 + i) % 30000) - 15000 for i in range(2000)))
+        for k in range(4)
+    ]
+    frames = [pipeline.feed(data, start(k) + P) for k, data in enumerate(periods)]
+    assert frames == [
+        [],
+        [AudioFrame(periods[0] + periods[1], start(0), 0.25)],
+        [],
+        [AudioFrame(periods[2] + periods[3], start(2), 0.25)],
+    ]
+
+
+# --- gating: pre-roll, close, Finalize ---------------------------------------------------
+
+
+def test_speech_burst_is_framed_flushed_and_finalized() -> None:
+    # Pre-roll 250 ms (2 periods), hangover 250 ms (2 periods), frames of 4 periods.
+    # With 125 ms periods the attack is one period, so the first loud period opens the gate.
+    pipeline = make_pipeline("energy", preroll_ms=250, hangover_ms=250, frame_ms=500)
+    periods = [
+        quiet(0),
+        quiet(1),
+        quiet(2),
+        loud(3),
+        loud(4),
+        loud(5),
+        quiet(6),
+        quiet(7),
+        quiet(8),
+        quiet(9),
+    ]
+    out = run(pipeline, periods)
+    assert out == [
+        [],
+        [],
+        [],
+        [GateOpened(start(1), level_dbfs(loud(3)), THRESHOLD_DBFS)],
+        [AudioFrame(quiet(1) + quiet(2) + loud(3) + loud(4), start(1), 4 * P)],
+        [],
+        [],
+        [],
+        [
+            AudioFrame(loud(5) + quiet(6) + quiet(7), start(5), 3 * P),
+            GateClosed(start(9)),
+            FinalizeMarker(start(9)),
+        ],
+        [],
+    ]
+    assert pipeline.counters == PipelineCounters(
+        periods_captured=10,
+        periods_forwarded=7,
+        periods_would_drop=0,
+        invalid_buffers=0,
+        frames=2,
+        finalizes=1,
+    )
+    # Not sent: quiet 0 (fell out of the pre-roll ring), 8 (closed the gate) and 9.
+    assert pipeline.counters.periods_gated == 3
+    assert pipeline.flush() == []
+
+
+@pytest.mark.parametrize(
+    ("preroll_ms", "first_forwarded"),
+    [(0, 3), (125, 2), (250, 1), (375, 0), (1000, 0)],
+)
+def test_preroll_reaches_frames_in_order(preroll_ms: int, first_forwarded: int) -> None:
+    pipeline = make_pipeline("energy", preroll_ms=preroll_ms, hangover_ms=0, frame_ms=1000)
+    periods = [quiet(0), quiet(1), quiet(2), loud(3), quiet(4), quiet(5)]
+    items = flat(run(pipeline, periods))
+    frames = [i for i in items if isinstance(i, AudioFrame)]
+    # Hangover 0: the first quiet period after speech closes the gate and is not sent.
+    assert frames == [
+        AudioFrame(
+            b"".join(periods[first_forwarded:4]),
+            start(first_forwarded),
+            (4 - first_forwarded) * P,
+        )
+    ]
+    assert items[0] == GateOpened(start(first_forwarded), level_dbfs(loud(3)), THRESHOLD_DBFS)
+    assert items[-2:] == [GateClosed(start(5)), FinalizeMarker(start(5))]
+
+
+def test_two_bursts_give_two_finalizes() -> None:
+    pipeline = make_pipeline("energy", preroll_ms=0, hangover_ms=0, frame_ms=1000)
+    periods = [loud(0), quiet(1), quiet(2), loud(3), loud(4), quiet(5)]
+    items = flat(run(pipeline, periods))
+    assert items == [
+        GateOpened(start(0), level_dbfs(loud(0)), THRESHOLD_DBFS),
+        AudioFrame(loud(0), start(0), P),
+        GateClosed(start(2)),
+        FinalizeMarker(start(2)),
+        GateOpened(start(3), level_dbfs(loud(3)), THRESHOLD_DBFS),
+        AudioFrame(loud(3) + loud(4), start(3), 2 * P),
+        GateClosed(start(6)),
+        FinalizeMarker(start(6)),
+    ]
+    assert pipeline.counters.finalizes == 2
+
+
+def test_attack_of_two_periods_at_20_ms() -> None:
+    # The realistic format: 16 kHz, 20 ms periods; the attack is 40 ms (two periods), and the
+    # pre-roll (60 ms) always includes the period that began the attack.
+    fmt = PcmFormat(rate_hz=16000, channels=1, period_ms=20)
+    pipeline = make_pipeline("energy", preroll_ms=60, hangover_ms=40, frame_ms=100, fmt=fmt)
+    values = [1, 2, 3, 4, 10000, 10001, 10002, 5, 6, 7, 8]
+    periods = [const(v, fmt) for v in values]
+    clock_s = 500.0
+    items: list[PipelineOutput] = []
+    for data in periods:
+        clock_s += 0.02
+        items += pipeline.feed(data, clock_s)
+    frames = [i for i in items if isinstance(i, AudioFrame)]
+    # Opened on the second loud period (index 5) with pre-roll 2, 3, 4; closed at index 9
+    # after two hangover periods (7, 8).
+    assert len(frames) == 2
+    assert frames[0].data == b"".join(periods[2:7])
+    assert frames[1].data == b"".join(periods[7:9])
+    assert frames[0].duration_s == pytest.approx(0.1, abs=1e-12)
+    assert frames[1].duration_s == pytest.approx(0.04, abs=1e-12)
+    assert frames[0].start_s == pytest.approx(500.04, abs=1e-9)
+    assert frames[1].start_s == pytest.approx(500.14, abs=1e-9)
+    # Frames of one burst are contiguous in capture time.
+    assert frames[0].end_s == pytest.approx(frames[1].start_s, abs=1e-9)
+    kinds = [type(i).__name__ for i in items]
+    assert kinds == ["GateOpened", "AudioFrame", "AudioFrame", "GateClosed", "FinalizeMarker"]
+
+
+# --- shadow and off modes ----------------------------------------------------------------
+
+
+def test_shadow_mode_forwards_everything_without_finalize() -> None:
+    pipeline = make_pipeline("shadow", preroll_ms=250, hangover_ms=0, frame_ms=500)
+    pipeline.finalize_on_close = False
+    periods = [quiet(0), quiet(1), loud(2), quiet(3), quiet(4), quiet(5), quiet(6), quiet(7)]
+    out = run(pipeline, periods)
+    assert out == [
+        [],
+        [],
+        [GateOpened(start(2), level_dbfs(loud(2)), THRESHOLD_DBFS)],
+        # The energy gate would close on quiet 3 (hangover 0); in shadow mode it is still sent.
+        [
+            AudioFrame(quiet(0) + quiet(1) + loud(2) + quiet(3), start(0), 4 * P),
+            GateClosed(start(4)),
+        ],
+        [],
+        [],
+        [],
+        [AudioFrame(quiet(4) + quiet(5) + quiet(6) + quiet(7), start(4), 4 * P)],
+    ]
+    assert not any(isinstance(i, FinalizeMarker) for i in flat(out))
+    assert pipeline.counters == PipelineCounters(
+        periods_captured=8,
+        periods_forwarded=8,
+        # Quiet 0 and 1 (held in the ring by the energy gate), 3 (closing) and 4..7 (closed).
+        periods_would_drop=7,
+        invalid_buffers=0,
+        frames=2,
+        finalizes=0,
+    )
+    assert pipeline.counters.periods_gated == 0
+
+
+def test_shadow_mode_flushes_the_closing_period_into_the_frame() -> None:
+    # In shadow mode the closing period is forwarded before the flush, so no audio is held back.
+    pipeline = make_pipeline("shadow", preroll_ms=0, hangover_ms=0, frame_ms=1000)
+    pipeline.finalize_on_close = False
+    out = run(pipeline, [loud(0), quiet(1)])
+    assert out == [
+        [GateOpened(start(0), level_dbfs(loud(0)), THRESHOLD_DBFS)],
+        [AudioFrame(loud(0) + quiet(1), start(0), 2 * P), GateClosed(start(2))],
+    ]
+
+
+def test_off_mode_forwards_everything_and_never_reports_the_gate() -> None:
+    pipeline = make_pipeline("off", frame_ms=250)
+    periods = [quiet(0), loud(1), quiet(2), quiet(3), quiet(4), loud(5)]
+    assert flat(run(pipeline, periods)) == [
+        AudioFrame(quiet(0) + loud(1), start(0), 2 * P),
+        AudioFrame(quiet(2) + quiet(3), start(2), 2 * P),
+        AudioFrame(quiet(4) + loud(5), start(4), 2 * P),
+    ]
+    assert pipeline.counters == PipelineCounters(periods_captured=6, periods_forwarded=6, frames=3)
+
+
+# --- digital silence ---------------------------------------------------------------------
+
+REPORT_AFTER = 40  # 5 s of 125 ms periods
+
+
+def test_digital_silence_reported_once_after_5_s_then_signal_returned() -> None:
+    pipeline = make_pipeline("energy")
+    periods = [quiet(0)] + [ZEROS] * (REPORT_AFTER + 20) + [quiet(1), quiet(2)]
+    out = run(pipeline, periods)
+    notices = [(i, item) for i, step in enumerate(out) for item in step]
+    first_zero = 1
+    last_zero = REPORT_AFTER + 20
+    assert notices == [
+        (first_zero + REPORT_AFTER - 1, DigitalSilence(start(first_zero), 5.0)),
+        (last_zero + 1, SignalReturned(start(last_zero + 1), (REPORT_AFTER + 20) * P)),
+    ]
+
+
+def test_digital_silence_shorter_than_5_s_is_not_reported() -> None:
+    pipeline = make_pipeline("energy")
+    periods = [ZEROS] * (REPORT_AFTER - 1) + [quiet(0)] + [ZEROS] * REPORT_AFTER
+    out = run(pipeline, periods)
+    # The first run (4.875 s) is forgotten when signal returns; the second run counts anew.
+    assert flat(out) == [DigitalSilence(start(REPORT_AFTER), 5.0)]
+    assert out[-1] == [DigitalSilence(start(REPORT_AFTER), 5.0)]
+
+
+def test_digital_silence_reported_again_after_signal_returned() -> None:
+    pipeline = make_pipeline("energy")
+    periods = [ZEROS] * REPORT_AFTER + [quiet(0)] + [ZEROS] * REPORT_AFTER + [quiet(1)]
+    assert flat(run(pipeline, periods)) == [
+        DigitalSilence(start(0), 5.0),
+        SignalReturned(start(REPORT_AFTER), 5.0),
+        DigitalSilence(start(REPORT_AFTER + 1), 5.0),
+        SignalReturned(start(2 * REPORT_AFTER + 1), 5.0),
+    ]
+
+
+def test_digital_silence_in_off_mode_is_still_sent() -> None:
+    # Zeros are reported, but in "off" mode they are audio like any other.
+    pipeline = make_pipeline("off", frame_ms=5000)
+    items = flat(run(pipeline, [ZEROS] * REPORT_AFTER))
+    assert items == [
+        DigitalSilence(start(0), 5.0),
+        AudioFrame(ZEROS * REPORT_AFTER, start(0), 5.0),
+    ]
+
+
+def test_gated_and_forwarded_periods_add_up_to_captured() -> None:
+    pipeline = make_pipeline("energy", preroll_ms=250, hangover_ms=250, frame_ms=500)
+    run(pipeline, [quiet(0), quiet(1), quiet(2), loud(3), loud(4), quiet(5), quiet(6), quiet(7)])
+    counters = pipeline.counters
+    assert counters.periods_forwarded == 6  # quiet 1, 2 (pre-roll), loud 3, 4, quiet 5, 6
+    assert counters.periods_gated == 2  # quiet 0 and quiet 7
+    assert counters.periods_gated == pipeline.gate.statistics().periods_gated
+
+
+def test_ten_minutes_of_epoch_time_frames_are_contiguous() -> None:
+    # Realistic wall-clock magnitudes (2026) and 20 ms periods: the frames of an uninterrupted
+    # capture must meet end to start, so the connection's TimeMap keeps a single segment.
+    fmt = PcmFormat(rate_hz=16000, channels=1, period_ms=20)
+    pipeline = make_pipeline("off", frame_ms=100, fmt=fmt)
+    anchor_s = 1_795_470_001.0
+    data = const(1, fmt)
+    frames = [
+        item
+        for k in range(30_000)
+        for item in pipeline.feed(data, anchor_s + (k + 1) * 0.02)
+        if isinstance(item, AudioFrame)
+    ]
+    assert len(frames) == 6000
+    assert all(abs(a.end_s - b.start_s) <= 1e-6 for a, b in itertools.pairwise(frames))
+    timemap = TimeMap()
+    for f in frames:
+        timemap.append(f.start_s, f.duration_s)
+    assert len(timemap.segments) == 1
