@@ -40,7 +40,7 @@ from dgd.events import (
 )
 from dgd.gate import Gate
 from dgd.link import LinkContext, OutboxFeed
-from dgd.logsetup import event, set_level
+from dgd.logsetup import event, flush_repeats, set_level
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
 from dgd.pipeline import CapturePipeline
@@ -392,6 +392,7 @@ class Daemon:
             if watchdog_s and healthy and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_s
+            flush_repeats()
             if now >= next_stats:
                 self._log_stats()
                 next_stats = now + self._stats_interval_s()

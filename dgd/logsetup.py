@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 log = logging.getLogger("dgd")
 
@@ -63,34 +64,61 @@ class SecretFilter(logging.Filter):
 
 
 class RepeatFilter(logging.Filter):
-    """Logs a warning or error once, then counts repeats and reports them in one line.
+    """Logs a repeated message once, then counts the repeats and reports them in one line.
 
     Records opt in by carrying ``dgd_repeat_key`` (lower case, so journald does not store
-    it); the first of a key passes, the rest within
-    ``REPEAT_WINDOW_S`` are counted, and the next one after the window passes with
-    "(repeated N times in the last 5 min)" appended.
+    it). The first record of a key passes; the rest within ``window_s`` are counted. The next
+    one after the window passes with "(repeated N times in the last 5 min)" appended, and
+    ``flush()`` (called by the daemon every second) reports a count whose window ended
+    without a further record, so a burst that stopped is still summarised.
+
+    Args:
+        window_s: the summary window.
+        clock: monotonic seconds (injected by tests).
     """
 
-    def __init__(self, window_s: float = REPEAT_WINDOW_S) -> None:
+    def __init__(
+        self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.window_s = window_s
-        self._seen: dict[str, tuple[float, int]] = {}
+        self._clock = clock
+        # key -> (window start, repeats counted, the last repeated record)
+        self._seen: dict[str, tuple[float, int, logging.LogRecord | None]] = {}
+
+    def _suffix(self, count: int) -> str:
+        return f" (repeated {count} times in the last {round(self.window_s / 60)} min)"
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = getattr(record, "dgd_repeat_key", None)
         if not key:
             return True
-        now = time.monotonic()
-        first_s, count = self._seen.get(key, (-1e18, 0))
+        now = self._clock()
+        first_s, count, _ = self._seen.get(key, (-math.inf, 0, None))
         if now - first_s < self.window_s:
-            self._seen[key] = (first_s, count + 1)
+            self._seen[key] = (first_s, count + 1, record)
             return False
-        self._seen[key] = (now, 0)
+        self._seen[key] = (now, 0, None)
         if count:
-            minutes = round(self.window_s / 60)
-            record.msg = f"{record.getMessage()} (repeated {count} times in the last {minutes} min)"
+            record.msg = record.getMessage() + self._suffix(count)
             record.args = None
         return True
+
+    def flush(self) -> list[logging.LogRecord]:
+        """Summary records for windows that ended with repeats not yet reported."""
+        now = self._clock()
+        summaries: list[logging.LogRecord] = []
+        for key, (first_s, count, last) in list(self._seen.items()):
+            if now - first_s < self.window_s:
+                continue
+            del self._seen[key]
+            if count and last is not None:
+                summary = logging.makeLogRecord(last.__dict__)
+                summary.msg = last.getMessage() + self._suffix(count)
+                summary.args = None
+                summary.dgd_repeat_key = None
+                summaries.append(summary)
+        return summaries
 
 
 class StderrFormatter(logging.Formatter):
@@ -107,6 +135,13 @@ class StderrFormatter(logging.Formatter):
 
 
 SECRETS: Final = SecretFilter()
+REPEATS: Final = RepeatFilter()
+
+
+def flush_repeats() -> None:
+    """Write the summaries of repeated messages whose window has ended."""
+    for record in REPEATS.flush():
+        logging.getLogger(record.name).handle(record)
 
 
 def journal_module() -> Any:
@@ -147,7 +182,7 @@ def setup(target: str, level: str, environ: Mapping[str, str]) -> str:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(StderrFormatter())
     handler.addFilter(SECRETS)
-    handler.addFilter(RepeatFilter())
+    handler.addFilter(REPEATS)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

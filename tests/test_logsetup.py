@@ -326,3 +326,45 @@ def test_journal_available_when_stderr_matches() -> None:
         pytest.skip("stderr has no file descriptor under this capture mode")
     assert journal_available({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}) is True
     assert journal_available({"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino + 1}"}) is False
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def repeat_record(message: str, key: str = "k") -> logging.LogRecord:
+    record = logging.makeLogRecord({"msg": message, "levelno": logging.WARNING})
+    record.dgd_repeat_key = key
+    return record
+
+
+def test_repeat_filter_summarises_a_burst_that_stopped() -> None:
+    clock = FakeClock()
+    repeats = RepeatFilter(window_s=300.0, clock=clock)
+    assert repeats.filter(repeat_record("mic lost")) is True
+    for _ in range(37):
+        clock.now += 1.0
+        assert repeats.filter(repeat_record("mic lost")) is False
+    assert repeats.flush() == []  # the window is still open
+    clock.now = 1000.0 + 300.0
+    [summary] = repeats.flush()
+    assert summary.getMessage() == "mic lost (repeated 37 times in the last 5 min)"
+    assert repeats.flush() == []  # reported once
+    # The next occurrence starts afresh and passes.
+    assert repeats.filter(repeat_record("mic lost")) is True
+
+
+def test_repeat_filter_keys_are_independent() -> None:
+    clock = FakeClock()
+    repeats = RepeatFilter(window_s=60.0, clock=clock)
+    assert [repeats.filter(repeat_record("a", "a")), repeats.filter(repeat_record("b", "b"))] == [
+        True,
+        True,
+    ]
+    assert repeats.filter(repeat_record("a", "a")) is False
+    clock.now += 60.0
+    assert [r.getMessage() for r in repeats.flush()] == ["a (repeated 1 times in the last 1 min)"]
