@@ -27,7 +27,7 @@ apt-get install -y -q --no-install-recommends \
     python3-venv python3-setuptools python3-wheel
 
 /usr/bin/python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check "$PYTEST_PIN" "$PYTEST_TRIO_PIN"
+"$venv/bin/pip" install -q --disable-pip-version-check "$PYTEST_PIN" "$PYTEST_TRIO_PIN" "pytest-xdist==3.8.0"
 
 # Debian 12's python3-alsaaudio 0.8.4 is unusable on Python >= 3.10: PCM.read() raises
 # "SystemError: PY_SSIZE_T_CLEAN macro must be defined for '#' formats", and its PCM() takes
