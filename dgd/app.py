@@ -121,10 +121,10 @@ class Daemon:
     Args:
         config: the validated config.
         api_key: the API key.
-        environ: the process environment (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
-        reload_config: re-reads the config and key for SIGHUP (None: reload only the key).
-        journal_send: ``systemd.journal.send`` or None to disable journald transcripts.
-        echo_transcripts: also log transcripts as lines (terminal use).
+        notifier: sd_notify (READY, STATUS, WATCHDOG, STOPPING, RELOADING).
+        reload_config: re-reads the config and the key for SIGHUP (None: SIGHUP only says
+            READY again).
+        sinks: where transcripts go (journald, JSONL).
     """
 
     def __init__(
@@ -173,7 +173,6 @@ class Daemon:
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
         self._stalled = False
         self._waiting_for_device = False
-        self.started_at = time.monotonic()
         self.dropped_by_cause: dict[str, float] = {}
 
     # -- the task tree -------------------------------------------------------------------
