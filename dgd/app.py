@@ -412,8 +412,8 @@ class Daemon:
         beat = self.heartbeat
         if not beat.opened:
             return self._waiting_for_device
-        stale_s = time.monotonic() - beat.last_period_at
-        if stale_s < STALL_S:
+        now = time.monotonic()
+        if beat.moving(now, STALL_S):
             if self._stalled:
                 self._stalled = False
                 event("device_resumed", "audio capture resumed")
@@ -421,6 +421,9 @@ class Daemon:
                 self.status.device_ok = True
                 self._publish_status()
             return True
+        stale_s = beat.stale_s(now)
+        if stale_s < STALL_S:
+            return False  # just (re)opened: healthy once the first period arrives
         if not self._stalled:
             self._stalled = True
             event(

@@ -153,9 +153,18 @@ class Heartbeat:
     """Written by the capture thread, read by trio tasks (plain attribute reads are atomic)."""
 
     last_period_at: float = 0.0  # time.monotonic() of the last period read; 0 = none yet
+    opened_at: float = 0.0  # time.monotonic() of the last successful open
     periods: int = 0
     overruns: int = 0
     opened: bool = False
+
+    def moving(self, now: float, stall_s: float) -> bool:
+        """True when a period arrived since the device was (re)opened, within ``stall_s``."""
+        return self.last_period_at >= self.opened_at and now - self.last_period_at < stall_s
+
+    def stale_s(self, now: float) -> float:
+        """Seconds since the last sign of life (a period, or the open itself)."""
+        return now - max(self.last_period_at, self.opened_at)
 
 
 class CaptureThread:
@@ -206,12 +215,19 @@ class CaptureThread:
         """
         pcm = open_pcm(self.device, self.fmt)
         try:
-            self.heartbeat.opened = True
-            self.heartbeat.last_period_at = time.monotonic()
+            with self._lock:
+                if generation != self.generation:
+                    return
+                self.heartbeat.opened_at = time.monotonic()
+                self.heartbeat.opened = True
             self._call_trio(self._on_opened)
             self._read_loop(pcm, generation)
         finally:
-            self.heartbeat.opened = False
+            with self._lock:
+                # An abandoned thread whose read finally returned must not mark the device
+                # closed: a newer thread owns the heartbeat now.
+                if generation == self.generation:
+                    self.heartbeat.opened = False
             pcm.close()
 
     def _read_loop(self, pcm: Any, generation: int) -> None:
