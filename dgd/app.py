@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd.capture import CaptureThread, DeviceError, Heartbeat, run_abandonable
+from dgd.capture import (
+    CaptureThread,
+    DeviceError,
+    Heartbeat,
+    read_periods,
+    run_abandonable,
+)
 from dgd.config import ApiKey, AudioConfig, Config, ConfigError
 from dgd.events import (
     AudioFrame,
@@ -252,6 +258,7 @@ class Daemon:
                 on_opened=self._on_device_opened,
                 heartbeat=self.heartbeat,
                 trio_token=token,
+                periods_per_read=read_periods(self.fmt, self.config.stream.frame_ms),
             )
             if self.capture is not None:
                 self.capture.abandon()
@@ -312,10 +319,10 @@ class Daemon:
                     self._count_drop("replay_buffer_full", dropped.seconds)
                     event(
                         "audio_dropped",
-                        "replay buffer full (stream.replay_buffer_s = %g): dropped the oldest "
-                        "%.1f s of audio",
+                        "replay buffer full (stream.replay_buffer_s = %g): dropping the oldest "
+                        "audio, %.1f s in all so far",
                         self.config.stream.replay_buffer_s,
-                        dropped.seconds,
+                        self.dropped_by_cause["replay_buffer_full"],
                         level=logging.WARNING,
                         repeat_key="replay-buffer-full",
                         dropped_s=f"{dropped.seconds:.2f}",

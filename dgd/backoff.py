@@ -133,7 +133,8 @@ class RetryPolicy:
     Args:
         initial_s: ceiling of the first transient retry (the delay is uniform in [0, ceiling]).
         max_s: the cap for transient retries.
-        rate_limited_s: base delay after a 429, doubled per consecutive 429.
+        rate_limited_s: base delay after a 429, doubled per 429 in a row (any other failure
+            or a connection ends the streak).
         rejected_s: delay after a rejected key or bad parameters (these do not fix themselves).
         rng: the random source, injected so tests are exact.
     """
@@ -153,11 +154,13 @@ class RetryPolicy:
         self.rejected_s = rejected_s
         self._rng = rng
         self.attempt = 0  # consecutive failures since the last stable connection
+        self._rate_limited_streak = 0  # 429s in a row: only they double the 429 delay
         self._connected_at: float | None = None
 
     def connected(self, now: float) -> None:
         """A connection was established at ``now``."""
         self._connected_at = now
+        self._rate_limited_streak = 0
 
     def failed(self, failure: Failure, now: float) -> float:
         """Record a failure at ``now`` and return the delay before the next attempt."""
@@ -166,16 +169,20 @@ class RetryPolicy:
         self._connected_at = None
         exponent = min(self.attempt, 30)
         self.attempt += 1
+        if failure.verdict is Verdict.RATE_LIMITED:
+            streak = min(self._rate_limited_streak, 30)
+            self._rate_limited_streak += 1
+            ceiling = min(RATE_LIMITED_MAX_S, self.rate_limited_s * 2.0**streak)
+            return self._rng.uniform(ceiling / 2, ceiling)
+        self._rate_limited_streak = 0
         if failure.verdict is Verdict.REJECTED:
             # Jitter of ±10 % keeps a fleet of devices with the same bad key from retrying in step.
             return self.rejected_s * self._rng.uniform(0.9, 1.1)
-        if failure.verdict is Verdict.RATE_LIMITED:
-            ceiling = min(RATE_LIMITED_MAX_S, self.rate_limited_s * 2.0**exponent)
-            return self._rng.uniform(ceiling / 2, ceiling)
         ceiling = min(self.max_s, self.initial_s * 2.0**exponent)
         return self._rng.uniform(0.0, ceiling)
 
     def reset(self) -> None:
         """Start over (SIGHUP after fixing the key: retry at once, from the beginning)."""
         self.attempt = 0
+        self._rate_limited_streak = 0
         self._connected_at = None

@@ -99,8 +99,20 @@ def _poller_for(pcm: Any) -> select.poll | None:
     return poller
 
 
-def open_pcm(device: str, fmt: PcmFormat) -> Any:
-    """Open ``device`` for capture as S16_LE at the configured rate, channels and period.
+#: The longest ALSA period (one read) dgd asks for. Reading a whole frame (stream.frame_ms)
+#: at a time cuts the capture thread's wake-ups from 50 to 10 a second at the default; capture
+#: hardware does not all accept very long periods, and 100 ms is where the gain flattens.
+MAX_READ_MS: Final = 100
+
+
+def read_periods(fmt: PcmFormat, frame_ms: int) -> int:
+    """Gate periods per ALSA read: as many as fit in one frame, within ``MAX_READ_MS``."""
+    return max(1, min(frame_ms, MAX_READ_MS) // fmt.period_ms)
+
+
+def open_pcm(device: str, fmt: PcmFormat, periods_per_read: int = 1) -> Any:
+    """Open ``device`` for capture as S16_LE at the configured rate and channels, with an
+    ALSA period (the size of one read) of ``periods_per_read`` gate periods.
 
     The PCM is opened non-blocking: pyalsaaudio holds the GIL inside ``snd_pcm_open``, and a
     blocking open of a busy ``hw:`` device waits in the kernel until it is free, which would
@@ -113,7 +125,8 @@ def open_pcm(device: str, fmt: PcmFormat) -> Any:
     Raises:
         DeviceError: the device is missing, busy, not permitted, or refuses the format.
     """
-    periods = max(4, -(-ALSA_BUFFER_MS // fmt.period_ms))
+    read_ms = fmt.period_ms * periods_per_read
+    periods = max(4, -(-ALSA_BUFFER_MS // read_ms))
     try:
         pcm = alsaaudio.PCM(
             type=alsaaudio.PCM_CAPTURE,
@@ -122,7 +135,7 @@ def open_pcm(device: str, fmt: PcmFormat) -> Any:
             rate=fmt.rate_hz,
             channels=fmt.channels,
             format=alsaaudio.PCM_FORMAT_S16_LE,
-            periodsize=fmt.period_frames,
+            periodsize=fmt.period_frames * periods_per_read,
             periods=periods,
         )
     except alsaaudio.ALSAAudioError as exc:
@@ -175,9 +188,11 @@ class CaptureThread:
         fmt: the capture format.
         pipeline: validation, gate and framing (shared across reopen generations; the
             ``generation`` check keeps an abandoned thread from feeding it).
-        deliver: called in trio, with each non-empty batch of pipeline output.
-        heartbeat: updated after every period.
+        deliver: called in trio, with each non-empty batch of pipeline output (outside any
+            task, via ``TrioToken.run_sync_soon``: it must not block or raise).
+        heartbeat: updated after every read.
         trio_token: the run to deliver into.
+        periods_per_read: gate periods in one ALSA read (see ``read_periods``).
     """
 
     def __init__(
@@ -190,8 +205,10 @@ class CaptureThread:
         on_opened: Callable[[], None],
         heartbeat: Heartbeat,
         trio_token: trio.lowlevel.TrioToken,
+        periods_per_read: int = 1,
     ) -> None:
         self.device = device
+        self.periods_per_read = periods_per_read
         self.fmt = fmt
         self.pipeline = pipeline
         self._deliver = deliver
@@ -213,7 +230,7 @@ class CaptureThread:
         Raises:
             DeviceError: the device could not be opened or failed while reading.
         """
-        pcm = open_pcm(self.device, self.fmt)
+        pcm = open_pcm(self.device, self.fmt, self.periods_per_read)
         try:
             with self._lock:
                 if generation != self.generation:
@@ -232,7 +249,7 @@ class CaptureThread:
 
     def _read_loop(self, pcm: Any, generation: int) -> None:
         poller = _poller_for(pcm)
-        period_s = self.fmt.period_ms / 1000
+        period_s = self.fmt.period_ms * self.periods_per_read / 1000
         while not self.stop_requested.is_set():
             try:
                 n_frames, data = pcm.read()
@@ -267,7 +284,11 @@ class CaptureThread:
                     self._call_trio(self._deliver, tail)
 
     def _call_trio(self, fn: Callable[..., None], *args: object) -> None:
+        # run_sync_soon queues the call and returns: the capture thread never waits for the
+        # event loop (from_thread.run_sync's round trip was a fifth of the daemon's CPU while
+        # streaming). Calls from this thread run in order. ``fn`` must not raise: the app's
+        # callbacks only queue items, log and notify.
         try:
-            trio.from_thread.run_sync(fn, *args, trio_token=self._token)
+            self._token.run_sync_soon(fn, *args)
         except trio.RunFinishedError:
             self.stop_requested.set()

@@ -102,7 +102,8 @@ class FifoMic:
         path: where to create the FIFO (must not exist).
         rate_hz, channels: the stream format (S16_LE); the reader must open the same.
         period_frames: the reader's ALSA period size; writes are whole periods.
-        chunk_periods: periods per write (``chunk_periods * period bytes`` must be <= 4096).
+        chunk_periods: periods per write (``chunk_periods * period bytes`` must be <= 4096);
+            the default, 5 (100 ms at 16 kHz), is one read of the daemon (capture.MAX_READ_MS).
         speed: pacing factor; 1.0 is real time, 2.0 twice as fast.
     """
 
@@ -113,7 +114,7 @@ class FifoMic:
         rate_hz: int = 16000,
         channels: int = 1,
         period_frames: int = 320,
-        chunk_periods: int = 1,
+        chunk_periods: int = 5,
         speed: float = 1.0,
     ) -> None:
         self.period_bytes: Final = period_frames * channels * SAMPLE_WIDTH_BYTES

@@ -174,7 +174,9 @@ class Outbox:
 
     @property
     def held_s(self) -> float:
-        """Seconds of audio held (pending + in flight)."""
+        """Seconds of audio held (pending + in flight); exactly 0.0 when nothing is held."""
+        if not self._pending and not self._in_flight:
+            return 0.0
         return max(0.0, self._held_s)
 
     @property

@@ -9,9 +9,27 @@ from __future__ import annotations
 import math
 import operator
 import sys
+import warnings
 from array import array
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _import_audioop() -> ModuleType | None:
+    """The standard library's audioop (C), deprecated in 3.11 and gone in 3.13."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import audioop
+        except ImportError:  # Python 3.13+ (Debian 13): the pure-Python path is used
+            return None
+    return audioop
+
+
+_AUDIOOP: Final = _import_audioop()
 
 SAMPLE_WIDTH_BYTES: Final = 2
 FULL_SCALE: Final = 32768.0
@@ -73,8 +91,12 @@ def level_dbfs(data: bytes) -> float:
     """RMS level of S16_LE audio in dBFS (0 dBFS = a full-scale square wave).
 
     All channels count alike. Digital silence (and empty input) returns ``SILENCE_DBFS``.
-    ``sum(map(mul, a, a))`` keeps the loop in C: about 5 µs for a 20 ms period at 16 kHz.
+    With audioop (Python ≤ 3.12) it costs about 2–4 µs for a 20 ms period at 16 kHz;
+    otherwise ``sum(map(mul, a, a))`` keeps the loop in C at about 18 µs. It runs 50 times a
+    second, so this matters on a Pi Zero.
     """
+    if _AUDIOOP is not None and not _NEEDS_BYTESWAP and data and len(data) % 2 == 0:
+        return _level_audioop(_AUDIOOP, data)
     decoded = samples(data)
     if not decoded:
         return SILENCE_DBFS
@@ -82,6 +104,23 @@ def level_dbfs(data: bytes) -> float:
     if energy == 0:
         return SILENCE_DBFS
     rms = math.sqrt(energy / len(decoded))
+    return max(SILENCE_DBFS, 20.0 * math.log10(rms / FULL_SCALE))
+
+
+def _level_audioop(audioop: ModuleType, data: bytes) -> float:
+    # audioop.rms truncates to a whole LSB, which is coarse for quiet audio (the noise floor
+    # the gate tracks): scale by the largest whole factor that cannot clip, measure, scale
+    # back. The error is then below one part in (32767 / peak).
+    peak: int = audioop.max(data, SAMPLE_WIDTH_BYTES)
+    if peak == 0:
+        return SILENCE_DBFS
+    scale = 32767 // peak
+    if scale > 1:
+        rms = audioop.rms(audioop.mul(data, SAMPLE_WIDTH_BYTES, scale), SAMPLE_WIDTH_BYTES) / scale
+    else:
+        rms = audioop.rms(data, SAMPLE_WIDTH_BYTES)
+    if rms == 0:
+        return SILENCE_DBFS
     return max(SILENCE_DBFS, 20.0 * math.log10(rms / FULL_SCALE))
 
 

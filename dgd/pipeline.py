@@ -39,10 +39,11 @@ DIGITAL_SILENCE_REPORT_S: Final = 5.0
 class CaptureClock:
     """Assigns a wall-clock capture time to each period.
 
-    A period's first sample was captured one period before the read returned. Reads come back
-    with jitter (ALSA hands over whole periods from its buffer), so consecutive periods are kept
-    contiguous while the wall clock agrees within ``CLOCK_REANCHOR_S``, and re-anchored when it
-    does not (a stall, an overrun, a wall-clock step).
+    The first sample of a read of ``n`` periods was captured ``n`` periods before the read
+    returned. Reads come back with jitter (ALSA hands over whole periods from its buffer), so
+    consecutive periods are kept contiguous while the wall clock agrees within
+    ``CLOCK_REANCHOR_S``, and re-anchored when it does not (a stall, an overrun, a wall-clock
+    step).
     """
 
     def __init__(self, period_s: float) -> None:
@@ -50,17 +51,22 @@ class CaptureClock:
         self._anchor_s: float | None = None
         self._count = 0  # periods since the anchor: anchor + n·period avoids summing rounding
 
-    def stamp(self, read_done_s: float) -> float:
-        """Return the capture start time of the period whose read finished at ``read_done_s``."""
-        observed_s = read_done_s - self._period_s
+    def stamp(self, read_done_s: float, periods: int = 1) -> float:
+        """Return the capture start time of the first of ``periods`` periods whose read
+        finished at ``read_done_s``; the others follow at one period each."""
+        observed_s = read_done_s - periods * self._period_s
         if self._anchor_s is not None:
             expected_s = self._anchor_s + self._count * self._period_s
             if abs(observed_s - expected_s) <= CLOCK_REANCHOR_S:
-                self._count += 1
+                self._count += periods
                 return expected_s
         self._anchor_s = observed_s
-        self._count = 1
+        self._count = periods
         return observed_s
+
+    def start_of(self, first_s: float, index: int) -> float:
+        """Capture time of period ``index`` of a read stamped ``first_s``."""
+        return first_s + index * self._period_s
 
     def reset(self) -> None:
         """Forget continuity (the device was reopened)."""
@@ -111,22 +117,31 @@ class CapturePipeline:
         self._frame_bytes = self.fmt.period_bytes * max(1, frame_ms // self.fmt.period_ms)
 
     def feed(self, data: bytes, read_done_s: float) -> list[PipelineOutput]:
-        """Process one ALSA read that finished at wall-clock ``read_done_s``.
+        """Process one ALSA read of one or more whole periods that finished at wall-clock
+        ``read_done_s``; the gate decides period by period.
 
         Returns:
             Outbox items (frames, Finalize markers) and notices, in order. Empty while the gate
             is closed and nothing noteworthy happened, which is the common case in silence.
         """
         out: list[PipelineOutput] = []
-        if len(data) != self.fmt.period_bytes:
+        period_bytes = self.fmt.period_bytes
+        if not data or len(data) % period_bytes:
             # Zero-length and short/odd reads never become frames: an empty binary frame
-            # would close the Deepgram stream, and a partial frame would shift the samples.
+            # would close the Deepgram stream, and a partial period would shift the samples.
             self.counters.invalid_buffers += 1
-            out.append(InvalidBuffer(read_done_s, len(data), self.fmt.period_bytes))
+            out.append(InvalidBuffer(read_done_s, len(data), period_bytes))
             self._clock.reset()
             return out
-        start_s = self._clock.stamp(read_done_s)
-        period = Period(data, start_s)
+        n_periods = len(data) // period_bytes
+        first_s = self._clock.stamp(read_done_s, n_periods)
+        for index in range(n_periods):
+            chunk = data[index * period_bytes : (index + 1) * period_bytes]
+            self._feed_period(Period(chunk, self._clock.start_of(first_s, index)), out)
+        return out
+
+    def _feed_period(self, period: Period, out: list[PipelineOutput]) -> None:
+        data, start_s = period.data, period.start_s
         self.counters.periods_captured += 1
         self._track_digital_silence(period, out)
         level = level_dbfs(data)
@@ -145,7 +160,6 @@ class CapturePipeline:
             if self.finalize_on_close:
                 self.counters.finalizes += 1
                 out.append(FinalizeMarker(start_s + self.fmt.period_ms / 1000))
-        return out
 
     def flush(self) -> list[PipelineOutput]:
         """End of capture: hand over the partial frame (shutdown then sends ``CloseStream``,

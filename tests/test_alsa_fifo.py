@@ -161,15 +161,16 @@ def test_timeline_and_capture_times(alsa_env):
     timeline = mic.timeline
     offsets = [o for o, _t in timeline]
     times = [t for _o, t in timeline]
+    chunk = mic.chunk_bytes
     # Contiguous whole chunks from offset 0, written in order.
-    assert offsets == list(range(0, len(offsets) * PERIOD_BYTES, PERIOD_BYTES))
+    assert offsets == list(range(0, len(offsets) * chunk, chunk))
     assert times == sorted(times)
-    assert mic.bytes_written == offsets[-1] + PERIOD_BYTES
+    assert mic.bytes_written == offsets[-1] + chunk
     # A chunk is written when its last sample has happened.
     k = len(timeline) // 2
-    assert mic.capture_time(offsets[k]) == pytest.approx(times[k] - PERIOD_BYTES / BYTES_PER_S)
-    assert mic.capture_time(offsets[k] + 638) == pytest.approx(times[k] - 2 / BYTES_PER_S)
-    assert mic.capture_time(offsets[k] + 640) == pytest.approx(times[k + 1] - 640 / BYTES_PER_S)
+    assert mic.capture_time(offsets[k]) == pytest.approx(times[k] - chunk / BYTES_PER_S)
+    assert mic.capture_time(offsets[k] + chunk - 2) == pytest.approx(times[k] - 2 / BYTES_PER_S)
+    assert mic.capture_time(offsets[k] + chunk) == pytest.approx(times[k + 1] - chunk / BYTES_PER_S)
     with pytest.raises(ValueError, match="wait_written"):
         mic.capture_time(mic.bytes_written + 10_000_000)
     with pytest.raises(ValueError, match="wait_written"):

@@ -391,12 +391,19 @@ def test_rate_limited_doubles_up_to_its_cap() -> None:
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
 
 
-def test_verdicts_share_the_attempt_count() -> None:
+def test_only_429s_in_a_row_double_the_429_delay() -> None:
+    """The attempt count is shared, but a 429 after other failures starts its own streak:
+    a 429 after 503s waits rate_limited_s, not rate_limited_s * 2**attempt (the soak found a
+    429 after 25 failures waiting 388 s, which filled the replay buffer)."""
     retry = policy()
-    r = draws(3)
+    r = draws(5)
     assert retry.failed(TRANSIENT, 0.0) == 1.0 * r[0]
     assert retry.failed(REJECTED, 1.0) == 300.0 * (0.9 + 0.2 * r[1])
-    assert retry.failed(RATE_LIMITED, 2.0) == 20.0 + 20.0 * r[2]  # exponent 2: ceiling 40
+    assert retry.failed(RATE_LIMITED, 2.0) == 5.0 + 5.0 * r[2]  # first 429: ceiling 10
+    assert retry.failed(RATE_LIMITED, 3.0) == 10.0 + 10.0 * r[3]  # second in a row: 20
+    assert retry.attempt == 4
+    retry.connected(4.0)  # a connection ends the streak (but was not stable)
+    assert retry.failed(RATE_LIMITED, 5.0) == 5.0 + 5.0 * r[4]
 
 
 def test_reset_starts_over() -> None:

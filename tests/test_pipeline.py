@@ -183,7 +183,7 @@ def test_capture_clock_does_not_accumulate_rounding_at_epoch_magnitude() -> None
         pytest.param(b"\x01\x00" * 999, id="short"),
         pytest.param(b"\x01" * 1999, id="odd-short"),
         pytest.param(b"\x01" * 2001, id="odd-long"),
-        pytest.param(b"\x01\x00" * 2000, id="two-periods"),
+        pytest.param(b"\x01\x00" * 1500, id="one-and-a-half-periods"),
     ],
 )
 @pytest.mark.parametrize("mode", ["off", "energy", "shadow"])
@@ -548,3 +548,24 @@ def test_ten_minutes_of_epoch_time_frames_are_contiguous() -> None:
     for f in frames:
         timemap.append(f.start_s, f.duration_s)
     assert len(timemap.segments) == 1
+
+
+# --- reads of several periods --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["off", "energy", "shadow"])
+@pytest.mark.parametrize("per_read", [2, 4])
+def test_a_read_of_several_periods_is_gated_period_by_period(mode: str, per_read: int) -> None:
+    """Reading k periods at a time (ALSA reads of stream.frame_ms) gives exactly what feeding
+    them one by one gives: same frames, same capture times, same gate decisions."""
+    periods = (
+        [quiet(k) for k in range(4)] + [loud(k) for k in range(6)] + [quiet(k) for k in range(6)]
+    )
+    one_by_one = flat(run(make_pipeline(mode), periods))
+    batched = make_pipeline(mode)
+    outputs = []
+    for i in range(0, len(periods), per_read):
+        group = periods[i : i + per_read]
+        outputs.append(batched.feed(b"".join(group), start(i + len(group) - 1) + P))
+    assert flat(outputs) == one_by_one
+    assert batched.counters.periods_captured == len(periods)
