@@ -143,14 +143,31 @@ def check_config(path: str | None, *, open_device: bool) -> int:
 
 
 def _device_problems(config: Config) -> list[str]:
+    """Open the device as ``dgd run`` would and check it delivers the configured format."""
     from dgd.app import pcm_format
-    from dgd.capture import DeviceError, open_pcm
+    from dgd.capture import DeviceError, read_periods
+    from dgd.devices import DeviceTimeout, open_with_timeout
 
+    audio = config.audio
+    fmt = pcm_format(config)
     try:
-        pcm = open_pcm(config.audio.device, pcm_format(config))
+        pcm = open_with_timeout(audio.device, fmt, 2.0, read_periods(fmt, config.stream.frame_ms))
     except DeviceError as exc:
         return [f"audio.device: {exc}"]
-    pcm.close()
+    except DeviceTimeout:
+        return [f'audio.device: "{audio.device}" did not answer within 2 s (busy or hung?)']
+    try:
+        info = pcm.info()
+    finally:
+        pcm.close()
+    got = (info.get("rate"), info.get("channels"))
+    if got != (audio.rate, audio.channels):
+        # hw: devices may substitute the nearest format they have instead of failing.
+        return [
+            f'audio.device: "{audio.device}" opens at {got[0]} Hz, {got[1]} channel(s), not '
+            f"audio.rate = {audio.rate} and audio.channels = {audio.channels}; use a "
+            f'"plughw:" name (ALSA converts) or set [audio] to what `dgd devices` lists'
+        ]
     return []
 
 

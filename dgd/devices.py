@@ -150,7 +150,9 @@ def _alarm(timeout_s: float) -> Iterator[list[bool]]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def open_with_timeout(device: str, fmt: PcmFormat, timeout_s: float) -> Any:
+def open_with_timeout(
+    device: str, fmt: PcmFormat, timeout_s: float, periods_per_read: int = 1
+) -> Any:
     """`dgd.capture.open_pcm`, interrupted if it blocks for longer than ``timeout_s``.
 
     Must be called from the main thread (it uses SIGALRM).
@@ -161,7 +163,7 @@ def open_with_timeout(device: str, fmt: PcmFormat, timeout_s: float) -> Any:
     """
     with _alarm(timeout_s) as fired:
         try:
-            return open_pcm(device, fmt)
+            return open_pcm(device, fmt, periods_per_read)
         except DeviceError as exc:
             if fired:
                 raise DeviceTimeout(device, timeout_s) from exc
