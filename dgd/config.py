@@ -7,7 +7,6 @@ and ``load_api_key()`` (reads the key file or systemd credential); nothing reads
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -353,6 +352,8 @@ class _Table:
         ]
         if elsewhere:
             return f"did you mean {elsewhere[0]}?"
+        import difflib  # only on an error: it costs 10 ms of start-up on every run otherwise
+
         close = difflib.get_close_matches(key, self.known, n=1)
         if close:
             return f"did you mean {self.full(close[0])}?"
