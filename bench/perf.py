@@ -1,8 +1,9 @@
 """Benchmark: the real ``dgd run`` against Deepgram's SDK and a bare trio loop (issue 5).
 
 Every client is a real process capturing through real alsa-lib (a ``type file`` PCM fed by
-a FifoMic at real-time pace, 20 ms periods) and streaming to a real ``dgd fake-server`` on
-127.0.0.1. Runs are interleaved round-robin, one process at a time. Measured per run:
+a FifoMic at real-time pace, each write one of the client's ALSA reads) and streaming to a
+real ``dgd fake-server`` on 127.0.0.1. Runs are interleaved round-robin, one process at a
+time. Measured per run:
 
 - CPU % of one core: utime+stime of all threads (/proc/PID/stat) over the audio window;
 - wake-ups/s: voluntary + involuntary context switches summed over /proc/PID/task/*/status
@@ -20,7 +21,7 @@ a FifoMic at real-time pace, 20 ms periods) and streaming to a real ``dgd fake-s
   the backlog is on the server.
 
 Usage (from the repository root, daemon venv; baselines run in the bench venv):
-    /work/venv/bin/python bench/perf.py            # full run, about 20 min
+    /work/venv/bin/python bench/perf.py            # full run, about 30 min
     /work/venv/bin/python bench/perf.py --quick    # smoke run, about 3 min
 Results: a table on stdout and ``bench/results/perf-<date>.json`` (``--out`` to change).
 """
@@ -51,6 +52,7 @@ from typing import IO, Any, Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgd.capture import MAX_READ_MS  # noqa: E402
 from dgd.demo import (  # noqa: E402
     FakeServerProcess,
     FifoMic,
@@ -65,6 +67,9 @@ RATE_HZ: Final = 16000
 BYTES_PER_S: Final = RATE_HZ * 2
 PERIOD_MS: Final = 20
 PERIOD_BYTES: Final = BYTES_PER_S * PERIOD_MS // 1000
+#: Played audio is a whole number of these (200 ms): a multiple of every FifoMic chunk the
+#: clients use (20, 40 and 100 ms), so no write is ever a partial ALSA read (testing.md §2).
+ALIGN_BYTES: Final = 10 * PERIOD_BYTES
 API_KEY: Final = "bench-key"
 PCM_NAME: Final = "benchmic"
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -103,7 +108,7 @@ def _with_noise(pcm: bytes, seed: int) -> bytes:
 def continuous_speech(seconds: float, seed: int = NOISE_SEED) -> bytes:
     """``seconds`` of the sample's sentences back to back (250 ms gaps: the gate stays open)."""
     gap = bytes(BYTES_PER_S // 4)
-    want = int(seconds * BYTES_PER_S) // PERIOD_BYTES * PERIOD_BYTES
+    want = int(seconds * BYTES_PER_S) // ALIGN_BYTES * ALIGN_BYTES
     out = bytearray()
     while len(out) < want:
         for utterance in _utterances():
@@ -114,7 +119,7 @@ def continuous_speech(seconds: float, seed: int = NOISE_SEED) -> bytes:
 def mostly_silence(seconds: float, seed: int = NOISE_SEED) -> tuple[bytes, float]:
     """``seconds`` of noise floor with one sentence every 12 s; returns (audio, speech share)."""
     block = 12 * BYTES_PER_S
-    want = int(seconds * BYTES_PER_S) // PERIOD_BYTES * PERIOD_BYTES
+    want = int(seconds * BYTES_PER_S) // ALIGN_BYTES * ALIGN_BYTES
     out = bytearray()
     speech = 0
     utterances = _utterances()
@@ -126,6 +131,12 @@ def mostly_silence(seconds: float, seed: int = NOISE_SEED) -> tuple[bytes, float
         speech += min(len(u), max(0, want - len(out) - lead))
         out += bytes(lead) + u + bytes(max(0, block - lead - len(u)))
     return _with_noise(bytes(out[:want]), seed), speech / want
+
+
+def pure_silence(seconds: float, seed: int = NOISE_SEED) -> bytes:
+    """``seconds`` of the noise floor alone: dgd's gate stays closed throughout."""
+    want = int(seconds * BYTES_PER_S) // ALIGN_BYTES * ALIGN_BYTES
+    return _with_noise(bytes(want), seed)
 
 
 # --------------------------------------------------------------------------- process probes
@@ -214,6 +225,17 @@ class Client:
     def label(self) -> str:
         return f"{self.kind}@{self.frame_ms}ms"
 
+    @property
+    def read_periods(self) -> int:
+        """20 ms periods per ALSA read: dgd reads a frame, up to ``capture.MAX_READ_MS``
+        (mirrors ``dgd.capture.read_periods``); the baselines read one period at a time.
+
+        The FifoMic writes this much per write, as a sound card with that period size would
+        wake its reader, and because a write that is not whole reads corrupts the stream."""
+        if self.kind == "dgd":
+            return max(1, min(self.frame_ms, MAX_READ_MS) // PERIOD_MS)
+        return 1
+
 
 def write_dgd_config(path: Path, url: str, frame_ms: int, jsonl: Path, **stream: float) -> None:
     extra = "".join(f"{k} = {v}\n" for k, v in stream.items())
@@ -288,10 +310,10 @@ class Harness:
     log: IO[bytes] | None = None
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_mic(self, speed: float = 1.0) -> FifoMic:
+    def start_mic(self, chunk_periods: int, speed: float = 1.0) -> FifoMic:
         fifo = self.work / "mic.fifo"
         write_alsa_conf(self.work / "alsa.conf", PCM_NAME, fifo)
-        self.mic = FifoMic(fifo, speed=speed)
+        self.mic = FifoMic(fifo, speed=speed, chunk_periods=chunk_periods)
         return self.mic
 
     def env(self) -> dict[str, str]:
@@ -411,15 +433,26 @@ def locate(binaries: list[Received], audio: bytes, audio_offset: int) -> list[tu
     return out
 
 
-def period_latencies_ms(
-    located: list[tuple[Received, int]], timeline: list[tuple[int, float]]
-) -> list[float]:
+def period_ends(timeline: list[tuple[int, float]], chunk_bytes: int) -> dict[int, float]:
+    """Capture end (wall clock) of every period the FifoMic wrote, by its stream offset.
+
+    A chunk is written when its last sample has happened (real-time pace), so period ``i`` of
+    an ``n``-period chunk ended ``(n - 1 - i)`` periods before the write."""
+    period_s = PERIOD_BYTES / BYTES_PER_S
+    n = chunk_bytes // PERIOD_BYTES
+    out: dict[int, float] = {}
+    for offset, t in timeline:
+        for i in range(n):
+            out[offset + i * PERIOD_BYTES] = t - (n - 1 - i) * period_s
+    return out
+
+
+def period_latencies_ms(located: list[tuple[Received, int]], ends: dict[int, float]) -> list[float]:
     """For every period of every located message: receive time minus capture end."""
-    written = dict(timeline)  # chunk = one period
     out: list[float] = []
     for msg, end in located:
         for start in range(end - len(msg.data), end, PERIOD_BYTES):
-            t = written.get(start)
+            t = ends.get(start)
             if t is not None:
                 out.append((msg.t - t) * 1000)
     return out
@@ -455,7 +488,7 @@ def run_once(
         h = Harness(Path(tmp))
         try:
             h.server = FakeServerProcess(h.work / "server", api_key=API_KEY)
-            mic = h.start_mic()
+            mic = h.start_mic(client.read_periods)
             env = h.env()
             argv = client_argv(client, h.work, h.server.url, bench_python)
             proc, started = h.spawn(argv, env)
@@ -488,7 +521,7 @@ def run_once(
             result.binary_per_s = sum(r["kind"] == "binary" for r in in_window) / span
             located = locate(binaries, audio, start)
             result.sent_share = sum(len(m.data) for m, _ in located) / len(audio)
-            lat = period_latencies_ms(located, timeline)
+            lat = period_latencies_ms(located, period_ends(timeline, mic.chunk_bytes))
             result.latency_p50_ms = percentile(lat, 50)
             result.latency_p99_ms = percentile(lat, 99)
             result.latency_max_ms = max(lat) if lat else float("nan")
@@ -567,7 +600,7 @@ def callgrind_run(client: Client, audio: bytes, speed: float, bench_python: str)
         h = Harness(Path(tmp))
         try:
             h.server = FakeServerProcess(h.work / "server", api_key=API_KEY)
-            mic = h.start_mic(speed=speed)
+            mic = h.start_mic(client.read_periods, speed=speed)
             env = h.env()
             argv = client_argv(client, h.work, h.server.url, bench_python)
             cg_out = h.work / "callgrind.out"
@@ -645,7 +678,7 @@ def catchup_run(backlog_s: float, frame_ms: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dgd-perf-cu-") as tmp:
         h = Harness(Path(tmp))
         try:
-            mic = h.start_mic()
+            mic = h.start_mic(Client("dgd", frame_ms).read_periods)
             env = h.env()
             argv = client_argv(
                 Client("dgd", frame_ms), h.work, url, "", backoff_initial_s=0.5, backoff_max_s=1.0
@@ -744,6 +777,7 @@ def run_plan(
 ) -> dict[str, Any]:
     speech = continuous_speech(plan.window_s)
     silence, speech_share = mostly_silence(plan.window_s)
+    quiet = pure_silence(plan.window_s, seed=NOISE_SEED + 5)
     dgd = Client("dgd", plan.dgd_frame_ms)
     sdk = Client("sdk", plan.baseline_frame_ms)
     bare = Client("trio", plan.baseline_frame_ms)
@@ -764,6 +798,7 @@ def run_plan(
             for c in order:
                 one(c, "speech", speech, r)
             one(dgd, "silence80", silence, r)
+            one(dgd, "silence", quiet, r)
             if r <= plan.baseline_silence_rounds:
                 for c in (sdk, bare):
                     one(c, "silence80", silence, r)
@@ -790,6 +825,22 @@ def run_plan(
             res_cg = callgrind_run(c, cg_audio, plan.callgrind_speed, bench_python)
             log(f"    {res_cg}")
             callgrind.append(res_cg)
+    align: list[RunResult] = []
+    if "align" in parts:
+        # Where the gate opens within dgd's 100 ms read decides whether its frames end with a
+        # read (docs/PERFORMANCE.md). The speech follows 2 s of noise floor, longer than the
+        # pre-roll: right after start-up the pre-roll is cut short at the first captured period
+        # and the frames happen to line up with the reads, which hides the effect. Shifting
+        # the onset by 0..4 periods covers every phase.
+        base = continuous_speech(plan.sweep_window_s, seed=NOISE_SEED + 6)
+        for shift in range(dgd.read_periods):
+            lead_bytes = int(WARMUP_S * BYTES_PER_S) + shift * PERIOD_BYTES
+            lead = _with_noise(bytes(lead_bytes), NOISE_SEED + 7)
+            audio = lead + base[: len(base) - len(lead)]
+            log(f"[align] {dgd.label} speech onset shifted by {shift} periods...")
+            res = run_once(dgd, f"speech+{shift * PERIOD_MS}ms", audio, 0, bench_python)
+            log(f"    {_brief(res)}")
+            align.append(res)
     profiles: dict[str, Any] = {}
     if "profile" in parts:
         prof_audio = continuous_speech(plan.profile_s, seed=NOISE_SEED + 4)
@@ -813,6 +864,7 @@ def run_plan(
         "callgrind": callgrind,
         "catchup": catchup,
         "profiles": profiles,
+        "align": [asdict(r) for r in align],
     }
 
 
@@ -894,6 +946,11 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         0.3,
     )
     target(
+        "info: pure silence (gate closed) CPU / dgd speech CPU <= 0.3",
+        ratios(by_round(dgd, "silence", "cpu_pct"), cpu_d),
+        0.3,
+    )
+    target(
         "peak RSS dgd/SDK <= 0.8",
         ratios(by_round(dgd, "speech", "peak_rss_mb"), by_round(sdk, "speech", "peak_rss_mb")),
         0.8,
@@ -924,8 +981,9 @@ def render(data: dict[str, Any], summary: dict[str, Any]) -> str:
             f"{m['messages_per_s']:.1f} | {m['peak_rss_mb']:.1f} | {m['ready_ms']:.0f} | "
             f"{m['latency_p50_ms']:.1f} / {m['latency_p99_ms']:.1f} | {m['sent_share']:.0%} |"
         )
-    lines += ["", "| target | per round | median | met |", "| --- | --- | --- | --- |"]
-    for t in summary["targets"]:
+    if summary["medians"]:
+        lines += ["", "| target | per round | median | met |", "| --- | --- | --- | --- |"]
+    for t in summary["targets"] if summary["medians"] else []:
         per = ", ".join(f"{v:.2f}" for v in t["per_round"])
         lines.append(
             f"| {t['target']} | {per} | {t['median']:.2f} {t['unit']} | "
@@ -946,6 +1004,22 @@ def render(data: dict[str, Any], summary: dict[str, Any]) -> str:
                 f"| {r['client']} | {r['cpu_pct']:.2f} | {r['wakeups_per_s']:.0f} | "
                 f"{r['messages_per_s']:.1f} | {r['latency_p50_ms']:.1f} / "
                 f"{r['latency_p99_ms']:.1f} / {r['latency_max_ms']:.1f} |"
+            )
+    if data.get("align"):
+        lines += [
+            "",
+            "| speech onset within a read (dgd, continuous speech) | CPU % | "
+            "latency p50 / p99 / max ms |",
+            "| --- | --- | --- |",
+        ]
+        for r in data["align"]:
+            if r["error"]:
+                lines.append(f"| {r['scenario']} | error: {r['error'][:80]} | |")
+                continue
+            lines.append(
+                f"| {r['client']} {r['scenario']} | {r['cpu_pct']:.2f} | "
+                f"{r['latency_p50_ms']:.1f} / {r['latency_p99_ms']:.1f} / "
+                f"{r['latency_max_ms']:.1f} |"
             )
     if data["callgrind"]:
         lines += [
@@ -972,7 +1046,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--window-s", type=float, help="override the audio window per run")
     parser.add_argument(
-        "--parts", default="main,sweep,callgrind,profile,catchup", help="comma list of parts to run"
+        "--parts",
+        default="main,sweep,align,callgrind,profile,catchup",
+        help="comma list of parts to run",
     )
     parser.add_argument(
         "--bench-python",

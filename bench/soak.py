@@ -90,6 +90,9 @@ RESULTS_DIR: Final = REPO_ROOT / "bench" / "results"
 RATE_HZ: Final = 16000
 BYTES_PER_S: Final = RATE_HZ * 2
 PERIOD_BYTES: Final = 640  # 20 ms periods, as the daemon config below opens them
+#: The daemon reads a whole frame (frame_ms = 100 below, within capture.MAX_READ_MS) per ALSA
+#: read, and every FifoMic write must be whole reads (testing.md §2): 5 periods per write.
+CHUNK_PERIODS: Final = 5
 PCM_NAME: Final = "dgdsoak"
 API_KEY: Final = "soak-key"
 
@@ -107,8 +110,9 @@ TAIL_S: Final = 10.0
 QUEUE_AHEAD_S: Final = 30.0
 
 #: Fault timing, in wall-clock seconds after the handshake (the fake server's clock).
-#: The default stays above dgd.backoff.STABLE_CONNECTION_S (60 s): shorter connections never
-#: reset the daemon's failure count, which makes its 429 backoff grow (see docs/SOAK.md).
+#: The default stays above dgd.backoff.STABLE_CONNECTION_S (60 s), so connections count as
+#: stable; ``--fault-after-s 15 60`` exercises the other case (the 429 backoff bug it found is
+#: fixed, see docs/SOAK.md).
 FAULT_AFTER_S: Final = (60.0, 120.0)
 #: --quick plays 5 min of audio (under 2 min of wall time at speed 3): faults come sooner.
 QUICK_FAULT_AFTER_S: Final = (15.0, 40.0)
@@ -404,7 +408,7 @@ def run_soak(
     with stderr_to(work / "server.log"):
         server = FakeServerProcess(work / "server", api_key=API_KEY, faults=plan_path)
     notes: list[str] = []
-    mic = FifoMic(fifo, speed=speed)
+    mic = FifoMic(fifo, speed=speed, chunk_periods=CHUNK_PERIODS)
     starts: list[int] = []
     ends: list[int] = []
     try:
@@ -444,7 +448,10 @@ def run_soak(
                 utt = by_index[placement.index]
                 silence = bytes(round(placement.gap_s * RATE_HZ) * 2)
                 data = sample[utt.start_byte : utt.end_byte]
-                start = mic.play(silence + data) + len(silence)
+                # Pad to whole writes: the queue never ends mid-write when it drains (after
+                # the tail), which would hand the daemon a partial read and garble the stream.
+                pad = bytes(-(len(silence) + len(data)) % mic.chunk_bytes)
+                start = mic.play(silence + data + pad) + len(silence)
                 starts.append(start)
                 ends.append(start + len(data))
                 if progress and time.monotonic() - last_report > 30:
@@ -456,7 +463,8 @@ def run_soak(
                         f"RSS {rss} kB",
                         flush=True,
                     )
-            tail_end = mic.play(bytes(int(TAIL_S * BYTES_PER_S))) + int(TAIL_S * BYTES_PER_S)
+            tail = bytes(-(-int(TAIL_S * BYTES_PER_S) // mic.chunk_bytes) * mic.chunk_bytes)
+            tail_end = mic.play(tail) + len(tail)
             while not mic.wait_written(tail_end, 0.5):
                 _check_alive(daemon, work)
             # Drain: the audio has ended; wait for the last utterance's final (a late outage

@@ -138,6 +138,11 @@ class CapturePipeline:
         for index in range(n_periods):
             chunk = data[index * period_bytes : (index + 1) * period_bytes]
             self._feed_period(Period(chunk, self._clock.start_of(first_s, index)), out)
+        if self._pending_bytes and self._pending_bytes + len(data) > self._frame_bytes:
+            # A frame never waits for a read it could not hold: otherwise, once the gate opened
+            # mid-read (pre-roll + onset is rarely whole reads), every frame would straddle two
+            # reads and wait a whole read longer (p99 latency 164 ms instead of 100 ms).
+            self._flush(out)
         return out
 
     def _feed_period(self, period: Period, out: list[PipelineOutput]) -> None:

@@ -556,16 +556,41 @@ def test_ten_minutes_of_epoch_time_frames_are_contiguous() -> None:
 @pytest.mark.parametrize("mode", ["off", "energy", "shadow"])
 @pytest.mark.parametrize("per_read", [2, 4])
 def test_a_read_of_several_periods_is_gated_period_by_period(mode: str, per_read: int) -> None:
-    """Reading k periods at a time (ALSA reads of stream.frame_ms) gives exactly what feeding
-    them one by one gives: same frames, same capture times, same gate decisions."""
+    """Reading k periods at a time (ALSA reads of stream.frame_ms) forwards exactly the audio,
+    with the same capture times and gate decisions, that feeding them one by one does; only
+    where frames are cut may differ (they end with the read, see the next test)."""
     periods = (
         [quiet(k) for k in range(4)] + [loud(k) for k in range(6)] + [quiet(k) for k in range(6)]
     )
-    one_by_one = flat(run(make_pipeline(mode), periods))
+    single = make_pipeline(mode)
+    one_by_one = flat([*run(single, periods), single.flush()])
     batched = make_pipeline(mode)
     outputs = []
     for i in range(0, len(periods), per_read):
         group = periods[i : i + per_read]
         outputs.append(batched.feed(b"".join(group), start(i + len(group) - 1) + P))
-    assert flat(outputs) == one_by_one
+    outputs.append(batched.flush())
+
+    def audio(items: list[PipelineOutput]) -> tuple[bytes, float]:
+        frames = [i for i in items if isinstance(i, AudioFrame)]
+        return b"".join(f.data for f in frames), frames[0].start_s if frames else 0.0
+
+    def others(items: list[PipelineOutput]) -> list[PipelineOutput]:
+        return [i for i in items if not isinstance(i, AudioFrame)]
+
+    assert audio(flat(outputs)) == audio(one_by_one)
+    assert others(flat(outputs)) == others(one_by_one)
     assert batched.counters.periods_captured == len(periods)
+
+
+def test_frames_end_with_the_read_when_the_next_read_would_not_fit() -> None:
+    """The gate opens mid-read: pre-roll + onset is not a whole frame. The rest of the frame
+    goes out at the end of the read instead of waiting for (and straddling) the next one."""
+    pipeline = make_pipeline("energy", preroll_ms=250, frame_ms=500)  # 4 periods a frame/read
+    reads = [[quiet(0), quiet(1), quiet(2), quiet(3)], [quiet(4), loud(0), loud(1), loud(2)]]
+    reads.append([loud(3), loud(4), loud(5), loud(6)])
+    out = [pipeline.feed(b"".join(r), start(4 * i + 3) + P) for i, r in enumerate(reads)]
+    frames = [[len(f.data) // 2000 for f in step if isinstance(f, AudioFrame)] for step in out]
+    # Read 2: the gate opens with 2 pre-roll periods + 3 periods: one whole frame of 4 and
+    # the last period alone at the read's end; read 3 is one frame of its own.
+    assert frames == [[], [4, 1], [4]]
