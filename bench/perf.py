@@ -85,7 +85,8 @@ WARMUP_S: Final = 2.0
 TAIL_S: Final = 1.0
 READY_TIMEOUT_S: Final = 30.0
 VALGRIND_READY_TIMEOUT_S: Final = 300.0
-DEFAULT_BENCH_PYTHON: Final = "/work/bench-venv/bin/python"
+#: The venv bench/setup builds (Deepgram's SDK lives there, never in dgd's venv).
+DEFAULT_BENCH_PYTHON: Final = str(Path(__file__).resolve().parent / ".venv" / "bin" / "python")
 HERE: Final = Path(__file__).resolve().parent
 
 
