@@ -9,7 +9,7 @@ reconnect. It captures through the same real ALSA path as dgd (a FifoMic-fed ``f
 "Ready" is defined like dgd's ``READY=1``: imports done and the capture device open, before
 the network is touched; it is signalled by sending ``READY=1`` to ``$NOTIFY_SOCKET``.
 
-Runs in the bench venv (``/work/bench-venv``; see bench/README.md), not the daemon's venv.
+Runs in the bench venv (``bench/.venv``, built by ``bench/setup``), not the daemon's venv.
 """
 
 from __future__ import annotations

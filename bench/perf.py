@@ -21,8 +21,8 @@ time. Measured per run:
   the backlog is on the server.
 
 Usage (from the repository root, daemon venv; baselines run in the bench venv):
-    /work/venv/bin/python bench/perf.py            # full run, about 30 min
-    /work/venv/bin/python bench/perf.py --quick    # smoke run, about 3 min
+    .venv/bin/python bench/perf.py            # full run, about 30 min
+    .venv/bin/python bench/perf.py --quick    # smoke run, about 3 min
 Results: a table on stdout and ``bench/results/perf-<date>.json`` (``--out`` to change).
 """
 

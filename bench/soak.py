@@ -41,8 +41,8 @@ backlog never drains: the default gaps (mean ~14 s) and speed 3 give about 0.75.
 
 Usage (from the repository root; not part of the test run)::
 
-    /work/venv/bin/python bench/soak.py --quick              # 5 min of audio, ~2 min
-    /work/venv/bin/python bench/soak.py --minutes-of-audio 60 --speed 3
+    .venv/bin/python bench/soak.py --quick              # 5 min of audio, ~2 min
+    .venv/bin/python bench/soak.py --minutes-of-audio 60 --speed 3
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ to `dgd fake-server`, and writes to the journald started by tests/with-journald.
 of about 30 s of audio (three utterances, one followed by 16 s of silence) checks the whole
 contract of design.md §1 at once. Run it with:
 
-    sudo tests/with-journald.sh /work/venv/bin/pytest tests/test_e2e.py -m e2e -v
+    sudo tests/with-journald.sh .venv/bin/pytest tests/test_e2e.py -m e2e -v
 """
 
 from __future__ import annotations

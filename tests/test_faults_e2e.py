@@ -8,7 +8,7 @@ fault really hitting mid-utterance where the scenario says so) and what the daem
 (one final transcript per utterance in journald and JSONL, none duplicated, the first word
 within a quarter second of the true capture time). Run them with:
 
-    tests/with-journald.sh /work/venv/bin/pytest tests/test_faults_e2e.py -n 4 -v
+    tests/with-journald.sh .venv/bin/pytest tests/test_faults_e2e.py -n 4 -v
 
 Timing (faults at "handshake + T s") is steered by waiting for the server's handshake record
 and then choosing the silence before the utterance; afterwards the test checks from the
