@@ -10,7 +10,7 @@
 # set up, CMD runs directly with DGD_TEST_NO_JOURNALD=1 exported, and journald-dependent
 # tests skip and say why. The exit status is CMD's.
 #
-#   sudo tests/with-journald.sh /work/venv/bin/pytest -m e2e -v
+#   sudo tests/with-journald.sh .venv/bin/pytest -m e2e -v
 set -uo pipefail
 
 JOURNALD=${JOURNALD:-/lib/systemd/systemd-journald}
