@@ -76,9 +76,9 @@ CAPTURE_STOP_GRACE_S: Final = 0.5
 MONITOR_TICK_S: Final = 1.0
 
 
-def _minutes(seconds: object) -> str:
-    value = float(str(seconds))
-    return f"{value / 60:.1f} min" if value >= 120 else f"{value:.0f} s"
+def _duration(seconds: float) -> str:
+    """``42 s`` or, from two minutes on, ``15.2 min`` (for STATUS=, read by people)."""
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def pcm_format(config: Config) -> PcmFormat:
@@ -474,8 +474,9 @@ class Daemon:
     def _log_stats(self) -> None:
         fields = self._stats_fields()
         self.status.gist = (
-            f"sent {_minutes(fields['sent_s'])} of {_minutes(fields['captured_s'])} captured, "
-            f"{fields['dropped_s']} s dropped, {fields['connects']} connection(s)"
+            f"sent {_duration(self.link.counters.sent_s)} of "
+            f"{_duration(self.pipeline.counters.periods_captured * self.fmt.period_ms / 1000)} "
+            f"captured, {fields['dropped_s']} s dropped, {fields['connects']} connection(s)"
         )
         self._publish_status()
         event(

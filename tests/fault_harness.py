@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any, Final
 from harness import (
     BYTES_PER_S,
     E2E_API_KEY,
+    ONSET_TOLERANCE_S,
     DaemonProcess,
     FakeServerProcess,
     FifoMic,
     NotifyListener,
+    assert_one_final_per_utterance,
     daemon_env,
     journal_bool,
     journal_entries,
     journal_text,
-    overlapping,
     parse_rfc3339,
 )
 
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 PCM_NAME: Final = "dgdfault"
-#: Accuracy of transcript times against the true capture time of the audio (the issue's
-#: "within a quarter second").
-ONSET_TOLERANCE_S: Final = 0.25
 #: Startup (imports, ALSA open) on a slow machine; not a performance claim.
 READY_TIMEOUT_S: Final = 30.0
 #: SIGTERM → exit: stream.close_timeout_s plus teardown, with margin.
@@ -283,42 +281,6 @@ def read_finals(pid: int, jsonl: Path) -> Finals:
     if jsonl.exists():
         lines = [json.loads(x) for x in jsonl.read_text("utf-8").splitlines() if x.strip()]
     return Finals(journal, [t for t in lines if t["is_final"] is True and t["text"].strip()])
-
-
-def assert_one_final_per_utterance(
-    where: str,
-    spans: Sequence[tuple[float, float]],
-    truth: Sequence[tuple[float, float]],
-    diagnostics: str,
-) -> list[int]:
-    """Each final overlaps exactly one utterance and covers it (within the tolerance), and
-    each utterance has exactly one final. Returns the utterance index of each final.
-
-    A final's span is Deepgram's ``start``/``duration`` mapped to capture time; it covers the
-    audio since the previous final on that connection, so it may start well before its
-    utterance (the precise onset check is on the first word).
-    """
-    owners: list[int] = []
-    for i, span in enumerate(spans):
-        hits = overlapping(span, truth, slack=0.0)
-        assert len(hits) == 1, (
-            f"{where}: final {i} at {span} overlaps utterances {hits} of {truth}\n{diagnostics}"
-        )
-        owners.append(hits[0])
-    counts = [owners.count(j) for j in range(len(truth))]
-    assert counts == [1] * len(truth), (
-        f"{where}: finals per utterance {counts} (want one each; spans {spans}, truth {truth})"
-        f"\n{diagnostics}"
-    )
-    for (start, end), j in zip(spans, owners, strict=True):
-        onset, offset = truth[j]
-        uncovered = (
-            f"{where}: final {start:.3f}..{end:.3f} does not cover utterance {j} "
-            f"{onset:.3f}..{offset:.3f}\n{diagnostics}"
-        )
-        assert start <= onset + ONSET_TOLERANCE_S, uncovered
-        assert end >= offset - ONSET_TOLERANCE_S, uncovered
-    return owners
 
 
 def assert_transcripts_match(

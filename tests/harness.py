@@ -430,6 +430,46 @@ def overlapping(
     return [i for i, (a, b) in enumerate(others) if a <= hi and b >= lo]
 
 
+#: How close a transcript's first word must be to the true onset of its utterance (issue 3).
+ONSET_TOLERANCE_S: Final = 0.25
+
+
+def assert_one_final_per_utterance(
+    where: str,
+    spans: Sequence[tuple[float, float]],
+    truth: Sequence[tuple[float, float]],
+    diagnostics: str,
+) -> list[int]:
+    """Each final overlaps exactly one utterance and covers it (within the tolerance), and
+    each utterance has exactly one final. Returns the utterance index of each final.
+
+    A final's span is Deepgram's ``start``/``duration`` mapped to capture time; it covers the
+    audio since the previous final on that connection, so it may start well before its
+    utterance (the precise onset check is on the first word).
+    """
+    owners: list[int] = []
+    for i, span in enumerate(spans):
+        hits = overlapping(span, truth, slack=0.0)
+        assert len(hits) == 1, (
+            f"{where}: final {i} at {span} overlaps utterances {hits} of {truth}\n{diagnostics}"
+        )
+        owners.append(hits[0])
+    counts = [owners.count(j) for j in range(len(truth))]
+    assert counts == [1] * len(truth), (
+        f"{where}: finals per utterance {counts} (want one each; spans {spans}, truth {truth})"
+        f"\n{diagnostics}"
+    )
+    for (start, end), j in zip(spans, owners, strict=True):
+        onset, offset = truth[j]
+        uncovered = (
+            f"{where}: final {start:.3f}..{end:.3f} does not cover utterance {j} "
+            f"{onset:.3f}..{offset:.3f}\n{diagnostics}"
+        )
+        assert start <= onset + ONSET_TOLERANCE_S, uncovered
+        assert end >= offset - ONSET_TOLERANCE_S, uncovered
+    return owners
+
+
 # ---- ground truth --------------------------------------------------------------------------
 
 

@@ -15,8 +15,10 @@ import time
 
 import pytest
 from harness import (  # the fixtures are imported by name for pytest
+    ONSET_TOLERANCE_S,
     DaemonProcess,
     alsa_mic_fixture,  # noqa: F401
+    assert_one_final_per_utterance,
     client_message_gaps_s,
     compose_clip,
     daemon_env,
@@ -28,15 +30,12 @@ from harness import (  # the fixtures are imported by name for pytest
     journald_fixture,  # noqa: F401
     load_sample,
     notify_listener_fixture,  # noqa: F401
-    overlapping,
     parse_rfc3339,
     write_daemon_config,
 )
 
 pytestmark = pytest.mark.e2e
 
-#: Accuracy of transcript times against the true capture time of the audio.
-ONSET_TOLERANCE_S = 0.25
 #: Startup (imports, ALSA open) on a slow machine; not a performance claim.
 READY_TIMEOUT_S = 30.0
 #: SIGTERM → exit: stream.close_timeout_s (5 s default) plus process teardown, with margin.
@@ -134,7 +133,7 @@ def test_speech_silence_keepalive_and_graceful_stop(
         journal_bool(entry["DGD_SPEECH_FINAL"])
         assert 0.0 <= float(entry["DGD_CONFIDENCE"]) <= 1.0
     journal_spans = [(parse_rfc3339(e["DGD_START"]), parse_rfc3339(e["DGD_END"])) for e in finals]
-    _assert_one_final_per_utterance("journald", journal_spans, truth, diagnostics())
+    assert_one_final_per_utterance("journald", journal_spans, truth, diagnostics())
 
     # -- the JSONL file says the same --
     lines = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
@@ -148,7 +147,7 @@ def test_speech_silence_keepalive_and_graceful_stop(
             parse_rfc3339(word["start"])
             parse_rfc3339(word["end"])
     jsonl_spans = [(parse_rfc3339(t["start"]), parse_rfc3339(t["end"])) for t in jsonl_finals]
-    owners = _assert_one_final_per_utterance("JSONL", jsonl_spans, truth, diagnostics())
+    owners = assert_one_final_per_utterance("JSONL", jsonl_spans, truth, diagnostics())
     # The capture-time map, across gated silence: the first word starts at the true onset.
     for item, j in zip(jsonl_finals, owners, strict=True):
         assert item["words"], f"final without words: {item}"
@@ -169,38 +168,3 @@ def test_speech_silence_keepalive_and_graceful_stop(
     assert "STOPPING=1" in assignments, assignments
     assert assignments.index("READY=1") < assignments.index("STOPPING=1"), assignments
     assert {n.pid for n in notify_listener.notifications} == {daemon.pid}
-
-
-def _assert_one_final_per_utterance(
-    where: str,
-    spans: list[tuple[float, float]],
-    truth: list[tuple[float, float]],
-    diagnostics: str,
-) -> list[int]:
-    """Each final overlaps exactly one utterance and covers it, and each utterance has
-    exactly one final. Returns the utterance index of each final.
-
-    A final's start/end are Deepgram's ``start``/``duration`` mapped to capture time: they
-    cover the audio since the previous final on that connection (pre-roll, the previous
-    utterance's hangover), so a final may start well before its utterance's onset; the
-    precise onset check is on the first word (JSONL only; journald carries no word times).
-    """
-    owners: list[int] = []
-    for i, span in enumerate(spans):
-        hits = overlapping(span, truth, slack=0.0)
-        assert len(hits) == 1, (
-            f"{where}: final {i} at {span} overlaps utterances {hits} of {truth}\n{diagnostics}"
-        )
-        owners.append(hits[0])
-    counts = [owners.count(j) for j in range(len(truth))]
-    assert counts == [1] * len(truth), (
-        f"{where}: finals per utterance {counts} (spans {spans}, truth {truth})\n{diagnostics}"
-    )
-    for (start, end), j in zip(spans, owners, strict=True):
-        onset, offset = truth[j]
-        uncovered = (
-            f"{where}: final {start:.3f}..{end:.3f} vs utterance {j} {onset:.3f}..{offset:.3f}"
-        )
-        assert start <= onset + ONSET_TOLERANCE_S, uncovered
-        assert end >= offset - ONSET_TOLERANCE_S, uncovered
-    return owners
