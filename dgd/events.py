@@ -92,14 +92,25 @@ class SignalReturned:
 
 @dataclass(frozen=True, slots=True)
 class InvalidBuffer:
-    """A read returned a buffer that is not one whole period; it was dropped, never sent."""
+    """A read returned bytes that cannot be sample frames (not a whole number of
+    ``frame_bytes``); they were dropped, never sent, with the partial period before them."""
 
     at_s: float
     length_bytes: int
-    expected_bytes: int
+    frame_bytes: int
 
 
-CaptureNotice = GateOpened | GateClosed | DigitalSilence | SignalReturned | InvalidBuffer
+@dataclass(frozen=True, slots=True)
+class Overrun:
+    """The kernel's ring buffer overflowed (ALSA ``-EPIPE``): audio was lost before dgd could
+    read it. The partial period assembled before it was dropped too (it cannot be joined to
+    what follows), and the capture clock re-anchors."""
+
+    at_s: float
+    partial_bytes_dropped: int
+
+
+CaptureNotice = GateOpened | GateClosed | DigitalSilence | SignalReturned | InvalidBuffer | Overrun
 PipelineOutput = OutboxItem | CaptureNotice
 
 

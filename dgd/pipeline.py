@@ -1,9 +1,15 @@
-"""The per-period path from an ALSA read to outbox items: validate, stamp, measure, gate, frame.
+"""The per-period path from an ALSA read to outbox items: assemble, stamp, measure, gate, frame.
 
 ``CapturePipeline.feed`` is called once per ALSA read, in the capture thread, so that gate
 decisions are made before anything is handed to trio: gated silence then costs the event loop
 nothing (keep-alives aside), and speech reaches trio in frames of ``stream.frame_ms`` rather
-than one wake-up per period. This module does no I/O.
+than one wake-up per period.
+
+Capture is a byte stream: a kernel device read without blocking returns whatever is ready
+(sizes seen on a real card in 6 s: 128 B, 3072 B and 3200 B for 3200 B periods), so reads
+are joined into whole periods in order and nothing the device delivered is dropped. Only the
+kernel's own losses (an overrun) and bytes that cannot be sample frames break the stream.
+This module does no I/O.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dgd.events import (
     GateClosed,
     GateOpened,
     InvalidBuffer,
+    Overrun,
     Period,
     PipelineOutput,
     SignalReturned,
@@ -109,6 +116,10 @@ class CapturePipeline:
         self._frame_bytes = fmt.period_bytes * max(1, frame_ms // fmt.period_ms)
         self._pending: list[Period] = []
         self._pending_bytes = 0
+        #: The start of a period whose first bytes have arrived but not the rest (reads are
+        #: not whole periods on kernel devices), and its capture time.
+        self._partial = b""
+        self._partial_start_s = 0.0
         self._zeros_since_s: float | None = None
         self._zeros_reported = False
 
@@ -117,33 +128,58 @@ class CapturePipeline:
         self._frame_bytes = self.fmt.period_bytes * max(1, frame_ms // self.fmt.period_ms)
 
     def feed(self, data: bytes, read_done_s: float) -> list[PipelineOutput]:
-        """Process one ALSA read of one or more whole periods that finished at wall-clock
-        ``read_done_s``; the gate decides period by period.
+        """Process the bytes of one ALSA read that finished at wall-clock ``read_done_s``.
+
+        ``data`` may be any whole number of sample frames: it is appended to what is left of
+        the previous read, and every whole period is gated, period by period. The rest waits
+        for the next read. An empty read is nothing to do (it is never sent: an empty binary
+        frame would close the Deepgram stream).
 
         Returns:
             Outbox items (frames, Finalize markers) and notices, in order. Empty while the gate
             is closed and nothing noteworthy happened, which is the common case in silence.
         """
         out: list[PipelineOutput] = []
-        period_bytes = self.fmt.period_bytes
-        if not data or len(data) % period_bytes:
-            # Zero-length and short/odd reads never become frames: an empty binary frame
-            # would close the Deepgram stream, and a partial period would shift the samples.
+        if len(data) % self.fmt.frame_bytes:
+            # Not sample frames: the stream's alignment is lost, so the partial period before
+            # it cannot be trusted either. Never sent; the clock starts afresh.
             self.counters.invalid_buffers += 1
-            out.append(InvalidBuffer(read_done_s, len(data), period_bytes))
+            out.append(InvalidBuffer(read_done_s, len(data), self.fmt.frame_bytes))
+            self._partial = b""
             self._clock.reset()
             return out
-        n_periods = len(data) // period_bytes
-        first_s = self._clock.stamp(read_done_s, n_periods)
+        if not data:
+            return out
+        buffer = self._partial + data if self._partial else data
+        period_bytes = self.fmt.period_bytes
+        n_periods, rest = divmod(len(buffer), period_bytes)
+        if n_periods == 0:
+            if not self._partial:
+                self._partial_start_s = read_done_s - self.fmt.seconds(len(buffer))
+            self._partial = buffer
+            return out
+        # The last byte read was captured as the read returned: the whole periods end where
+        # the leftover bytes begin.
+        first_s = self._clock.stamp(read_done_s - self.fmt.seconds(rest), n_periods)
         for index in range(n_periods):
-            chunk = data[index * period_bytes : (index + 1) * period_bytes]
+            chunk = buffer[index * period_bytes : (index + 1) * period_bytes]
             self._feed_period(Period(chunk, self._clock.start_of(first_s, index)), out)
+        self._partial = buffer[n_periods * period_bytes :]
+        self._partial_start_s = self._clock.start_of(first_s, n_periods)
         if self._pending_bytes and self._pending_bytes + len(data) > self._frame_bytes:
             # A frame never waits for a read it could not hold: otherwise, once the gate opened
             # mid-read (pre-roll + onset is rarely whole reads), every frame would straddle two
             # reads and wait a whole read longer (p99 latency 164 ms instead of 100 ms).
             self._flush(out)
         return out
+
+    def overrun(self, at_s: float) -> list[PipelineOutput]:
+        """The kernel lost audio (ALSA ``-EPIPE``) before this read: the partial period cannot
+        be completed by what follows, so it is dropped, and the clock re-anchors."""
+        dropped = len(self._partial)
+        self._partial = b""
+        self._clock.reset()
+        return [Overrun(at_s, dropped)]
 
     def _feed_period(self, period: Period, out: list[PipelineOutput]) -> None:
         data, start_s = period.data, period.start_s
@@ -161,15 +197,21 @@ class CapturePipeline:
                 self._append(forwarded, out)
         if step.closed:
             self._flush(out)
-            out.append(GateClosed(start_s + self.fmt.period_ms / 1000))
+            end_s = start_s + self.fmt.seconds(len(data))
+            out.append(GateClosed(end_s))
             if self.finalize_on_close:
                 self.counters.finalizes += 1
-                out.append(FinalizeMarker(start_s + self.fmt.period_ms / 1000))
+                out.append(FinalizeMarker(end_s))
 
     def flush(self) -> list[PipelineOutput]:
-        """End of capture: hand over the partial frame (shutdown then sends ``CloseStream``,
-        which makes Deepgram finalize everything, so no Finalize marker is needed here)."""
+        """End of capture (stop, or the device is reopened): gate the partial period as a
+        short one, so the last bytes captured are not lost, and hand over the partial frame.
+        Shutdown then sends ``CloseStream``, which makes Deepgram finalize everything, so no
+        Finalize marker is needed here."""
         out: list[PipelineOutput] = []
+        if self._partial:
+            self._feed_period(Period(self._partial, self._partial_start_s), out)
+            self._partial = b""
         self._flush(out)
         self._clock.reset()
         return out
@@ -177,7 +219,7 @@ class CapturePipeline:
     def _append(self, period: Period, out: list[PipelineOutput]) -> None:
         if self._pending:
             last = self._pending[-1]
-            gap_s = period.start_s - (last.start_s + self.fmt.period_ms / 1000)
+            gap_s = period.start_s - (last.start_s + self.fmt.seconds(len(last.data)))
             contiguous = abs(gap_s) <= CONTIGUOUS_TOLERANCE_S
             if not contiguous:
                 self._flush(out)
@@ -199,7 +241,7 @@ class CapturePipeline:
         if is_digital_silence(period.data):
             if self._zeros_since_s is None:
                 self._zeros_since_s = period.start_s
-            silent_s = period.start_s + self.fmt.period_ms / 1000 - self._zeros_since_s
+            silent_s = period.start_s + self.fmt.seconds(len(period.data)) - self._zeros_since_s
             if not self._zeros_reported and silent_s >= DIGITAL_SILENCE_REPORT_S:
                 self._zeros_reported = True
                 out.append(DigitalSilence(self._zeros_since_s, silent_s))
