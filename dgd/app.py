@@ -39,12 +39,14 @@ from dgd.events import (
     GateClosed,
     GateOpened,
     InvalidBuffer,
+    Overrun,
     Period,
     PipelineOutput,
     SignalReturned,
     Transcript,
 )
 from dgd.gate import Gate
+from dgd.health import CaptureFacts, CaptureHealth, CaptureState
 from dgd.link import LinkContext, OutboxFeed
 from dgd.logsetup import event, flush_repeats, set_level
 from dgd.outbox import Outbox
@@ -61,12 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dgd.app")
 
-#: No period for this long means capture is stuck: STATUS says so and the watchdog stops.
-STALL_S: Final = 1.0
-#: A read blocked this long is given up: the thread is abandoned and the device reopened.
-#: (A blocked ALSA read cannot be interrupted safely, and a device that resumes by itself
-#: keeps the byte stream intact, so reopening waits a little longer than reporting.)
-REOPEN_AFTER_STALL_S: Final = 10.0
 #: Device reopen backoff: first retry, ceiling.
 DEVICE_RETRY_INITIAL_S: Final = 0.5
 DEVICE_RETRY_MAX_S: Final = 10.0
@@ -177,8 +173,11 @@ class Daemon:
         self._capture_resume.set()
         self._root: trio.Nursery | None = None
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
-        self._stalled = False
+        self.health = CaptureHealth()
+        self._capture_state = CaptureState.STARTING
         self._waiting_for_device = False
+        self._stop_requested_at: float | None = None  # a reopen asked the thread to stop
+        self._stuck_capture: CaptureThread | None = None  # abandoned, still holds the device
         self.dropped_by_cause: dict[str, float] = {}
 
     # -- the task tree -------------------------------------------------------------------
@@ -220,11 +219,11 @@ class Daemon:
         self.stopping.set()
         deadline = trio.current_time() + close_timeout_s
         if self.capture is not None:
-            self.capture.stop_requested.set()
+            self.capture.stop()
         with trio.move_on_after(CAPTURE_STOP_GRACE_S):
             await self._capture_idle.wait()
         if not self._capture_idle.is_set() and self._capture_scope is not None:
-            self._capture_scope.cancel()  # stuck in a read: abandon it
+            self._capture_scope.cancel()  # stuck inside alsa-lib: abandon it
         self.feed.capture_done = True
         self.feed.poke()
         with trio.move_on_at(deadline):
@@ -245,7 +244,12 @@ class Daemon:
     # -- capture -------------------------------------------------------------------------
 
     async def _capture_task(self) -> None:
-        """Keep a capture thread running; reopen the device whenever it fails or stalls."""
+        """Keep one capture thread running; open the device again whenever it fails, or the
+        monitor asks for a reopen after a stall.
+
+        A new thread is started only once the previous one has released the device (closed
+        its PCM), so dgd never competes with itself for the device (``dgd.capture``).
+        """
         token = trio.lowlevel.current_trio_token()
         while not self.stopping.is_set():
             await self._capture_resume.wait()
@@ -260,28 +264,53 @@ class Daemon:
                 trio_token=token,
                 periods_per_read=read_periods(self.fmt, self.config.stream.frame_ms),
             )
-            if self.capture is not None:
-                self.capture.abandon()
-                capture.generation = self.capture.generation
             self.capture = capture
             self._capture_scope = trio.CancelScope()
+            failure: DeviceError | None = None
             try:
                 with self._capture_scope:
-                    await run_abandonable(capture.run, capture.generation)
+                    await run_abandonable(capture.run)
             except DeviceError as exc:
-                self._capture_idle.set()
-                await self._device_failed(exc)
+                failure = exc
             finally:
+                self._stop_requested_at = None
                 self._capture_idle.set()
+            if not capture.released.is_set() and not self.stopping.is_set():
+                await self._wait_released(capture)
+            if failure is not None:
+                await self._device_failed(failure)
         self.feed.capture_done = True
         self.feed.poke()
+
+    async def _wait_released(self, capture: CaptureThread) -> None:
+        """An abandoned thread still holds the device: wait for it before opening again.
+
+        Nothing in-process can interrupt a call stuck inside alsa-lib or the driver, so the
+        watchdog stays unpetted meanwhile (``dgd.health``) and systemd restarts dgd if the
+        thread never lets go.
+        """
+        self._stuck_capture = capture
+        event(
+            "capture_stuck",
+            'the capture thread is stuck inside the audio driver and still holds audio device "%s"'
+            ": dgd cannot reopen it while it does; the watchdog is no longer fed, so systemd "
+            "restarts dgd (WatchdogSec) unless the driver lets go first",
+            capture.device,
+            level=logging.ERROR,
+            device=capture.device,
+        )
+        self.status.device_ok = False
+        self.status.device = f'capture stuck in the driver for audio device "{capture.device}"'
+        self._publish_status()
+        await capture.released.wait()
+        self._stuck_capture = None
+        event("capture_released", 'the stuck capture thread released "%s"', capture.device)
 
     def _on_device_opened(self) -> None:
         device = self.config.audio.device
         if not self.status.device_ok:
             event("device_opened", 'audio device "%s" opened; capturing', device, device=device)
         self._device_retry_s = DEVICE_RETRY_INITIAL_S
-        self._stalled = False
         self._waiting_for_device = False
         self.status.device_ok = True
         self.status.device = "capturing"
@@ -361,11 +390,23 @@ class Daemon:
             elif isinstance(item, InvalidBuffer):
                 event(
                     "invalid_buffer",
-                    "dropped a capture buffer of %d bytes (expected %d): never sent",
+                    "dropped a capture buffer of %d bytes, not a whole number of %d-byte "
+                    "sample frames: never sent (the audio driver returned a broken read)",
                     item.length_bytes,
-                    item.expected_bytes,
+                    item.frame_bytes,
                     level=logging.WARNING,
                     repeat_key="invalid-buffer",
+                )
+            elif isinstance(item, Overrun):
+                event(
+                    "overrun",
+                    'audio device "%s" overran: the kernel dropped audio before dgd could read '
+                    "it (the CPU was too busy, or the capture thread was held up); capture "
+                    "goes on",
+                    self.config.audio.device,
+                    level=logging.WARNING,
+                    repeat_key="overrun",
+                    partial_bytes_dropped=item.partial_bytes_dropped,
                 )
 
     def _count_drop(self, cause: str, seconds: float) -> None:
@@ -409,44 +450,62 @@ class Daemon:
         return interval if interval > 0 else math.inf
 
     def _check_capture(self) -> bool:
-        """What the watchdog vouches for: audio is moving through the pipeline, or the device
-        is missing and the capture task is waiting for it.
+        """Act on the capture health verdict (``dgd.health``); True if the watchdog may be fed.
 
         A missing or unplugged microphone is not a fault a restart can fix, so the daemon keeps
         petting the watchdog while it waits (and says so in STATUS=). A capture that is open but
-        delivers nothing is stuck: the watchdog stops, and systemd restarts the service.
+        delivers nothing is stalled: the watchdog stops, the device is reopened after
+        ``REOPEN_AFTER_S``, and systemd restarts the service if that does not help.
         """
         beat = self.heartbeat
-        if not beat.opened:
-            return self._waiting_for_device
         now = time.monotonic()
-        if beat.moving(now, STALL_S):
-            if self._stalled:
-                self._stalled = False
-                event("device_resumed", "audio capture resumed")
-                self.status.device = "capturing"
-                self.status.device_ok = True
-                self._publish_status()
-            return True
-        stale_s = beat.stale_s(now)
-        if stale_s < STALL_S:
-            return False  # just (re)opened: healthy once the first period arrives
-        if not self._stalled:
-            self._stalled = True
+        facts = CaptureFacts(
+            device_open=beat.opened,
+            opened_at=beat.opened_at,
+            last_audio_at=beat.last_period_at,
+            waiting_for_device=self._waiting_for_device,
+            stop_requested_at=self._stop_requested_at,
+            thread_stuck=self._stuck_capture is not None,
+        )
+        verdict = self.health.assess(facts, now)
+        previous, self._capture_state = self._capture_state, verdict.state
+        device = self.config.audio.device
+        if verdict.state is CaptureState.FLOWING and previous in (
+            CaptureState.STALLED,
+            CaptureState.STUCK,
+        ):
+            event("device_resumed", 'audio device "%s" delivers audio again', device)
+            self.status.device = "capturing"
+            self.status.device_ok = True
+            self._publish_status()
+        elif verdict.state is CaptureState.STALLED and previous is not CaptureState.STALLED:
             event(
                 "device_stalled",
-                'audio device "%s" stopped delivering audio; will reopen it after %.0f s',
-                self.config.audio.device,
-                REOPEN_AFTER_STALL_S,
+                'audio device "%s" stopped delivering audio; reopening it after %.0f s if it '
+                "does not resume (the watchdog is no longer fed)",
+                device,
+                self.health.reopen_after_s,
                 level=logging.ERROR,
+                device=device,
             )
             self.status.device_ok = False
-            self.status.device = f'audio device "{self.config.audio.device}" stalled'
+            self.status.device = f'audio device "{device}" stalled'
             self._publish_status()
-        if stale_s >= REOPEN_AFTER_STALL_S and self._capture_scope is not None:
-            beat.opened = False
-            self._capture_scope.cancel()
-        return False
+        if verdict.reopen and self.capture is not None:
+            event(
+                "device_reopen",
+                'audio device "%s" delivered nothing for %.0f s: closing and opening it again',
+                device,
+                verdict.stalled_s,
+                level=logging.WARNING,
+                device=device,
+            )
+            self._stop_requested_at = now
+            self.capture.stop()
+        if verdict.abandon and self._capture_scope is not None:
+            self._stop_requested_at = None
+            self._capture_scope.cancel()  # _capture_task then waits for the device's release
+        return verdict.pet_watchdog
 
     def _stats_fields(self) -> dict[str, object]:
         counters = self.pipeline.counters
@@ -579,7 +638,7 @@ class Daemon:
         new_fmt = PcmFormat(audio.rate, audio.channels, audio.period_ms)
         self._capture_resume = trio.Event()
         if self.capture is not None:
-            self.capture.stop_requested.set()
+            self.capture.stop()
         with trio.move_on_after(CAPTURE_STOP_GRACE_S + old_fmt.period_ms / 1000):
             await self._capture_idle.wait()
         if not self._capture_idle.is_set() and self._capture_scope is not None:

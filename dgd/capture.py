@@ -1,11 +1,24 @@
 """Audio capture: an ALSA PCM read in a worker thread, periods gated before trio sees them.
 
-The capture thread owns the PCM for its whole life (open, read, close happen in that thread,
-so a PCM is never closed under a blocked ``read``). It runs each period through the
-``CapturePipeline`` and hands only what must travel on (frames, Finalize markers, notices) to
-trio, in one ``from_thread.run_sync`` call per batch: in gated silence trio is not woken at all.
-A heartbeat (the monotonic time of the last period) tells the watchdog and the stall monitor
-that audio is moving.
+Who owns the PCM, and how it is let go (issue 8; README "How it is built"):
+
+- One ``CaptureThread`` is one opening of the device. Its worker thread opens the PCM, reads
+  it and closes it; no other thread ever touches that PCM (pyalsaaudio does not survive a
+  ``close()`` under a ``read()``).
+- The PCM is non-blocking and waited for with ``poll`` for at most two reads' time, so the
+  thread sees a stop request within a fraction of a second even when the device delivers
+  nothing (a stalled clock, a hung USB device): ``stop()`` makes it hand over what it read,
+  close the PCM and end, and ``released`` is set once the PCM is closed.
+- At most one capture thread exists at a time: the app opens the device again only after the
+  previous thread has released it. So a reopen never fails with "Device or resource busy"
+  because of dgd's own stale thread. If a thread does not end (stuck inside alsa-lib or the
+  driver, which nothing in-process can interrupt), the app stops petting the watchdog and
+  systemd restarts dgd (``dgd.health``).
+
+It runs each read through the ``CapturePipeline`` and hands only what must travel on
+(frames, Finalize markers, notices) to trio with ``TrioToken.run_sync_soon``: in gated silence
+trio is not woken at all. A heartbeat (the monotonic time of the last audio) tells the
+watchdog and the stall monitor that audio is moving.
 """
 
 from __future__ import annotations
@@ -151,45 +164,38 @@ _ABANDON_KEYWORD: Final = (
 )
 
 
-async def run_abandonable(fn: Callable[[int], None], arg: int) -> None:
-    """Run ``fn(arg)`` in a worker thread; on cancellation return at once, leaving it running.
+async def run_abandonable(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` in a worker thread; on cancellation return at once, leaving it running.
 
-    A blocked ALSA read cannot be interrupted, so cancellation abandons the thread; the
-    thread notices it is stale (``CaptureThread.generation``) when its read returns.
+    Only a thread stuck inside alsa-lib is ever abandoned this way: the capture thread ends by
+    itself within a fraction of a second of ``CaptureThread.stop()``.
     """
     keyword: dict[str, bool] = {_ABANDON_KEYWORD: True}
-    await trio.to_thread.run_sync(fn, arg, **keyword)  # type: ignore[arg-type]
+    await trio.to_thread.run_sync(fn, **keyword)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
 class Heartbeat:
-    """Written by the capture thread, read by trio tasks (plain attribute reads are atomic)."""
+    """Written by the (one) capture thread, read by trio tasks (attribute reads are atomic)."""
 
-    last_period_at: float = 0.0  # time.monotonic() of the last period read; 0 = none yet
+    last_period_at: float = 0.0  # time.monotonic() of the last audio read; 0 = none yet
     opened_at: float = 0.0  # time.monotonic() of the last successful open
     periods: int = 0
     overruns: int = 0
     opened: bool = False
 
-    def moving(self, now: float, stall_s: float) -> bool:
-        """True when a period arrived since the device was (re)opened, within ``stall_s``."""
-        return self.last_period_at >= self.opened_at and now - self.last_period_at < stall_s
-
-    def stale_s(self, now: float) -> float:
-        """Seconds since the last sign of life (a period, or the open itself)."""
-        return now - max(self.last_period_at, self.opened_at)
-
 
 class CaptureThread:
-    """The body of one capture thread: open, read/gate/deliver until told to stop, close.
+    """The body of one capture thread, one opening of the device: open, read/gate/deliver
+    until told to stop, hand over the rest, close.
 
     Args:
         device: the ALSA PCM name.
         fmt: the capture format.
-        pipeline: validation, gate and framing (shared across reopen generations; the
-            ``generation`` check keeps an abandoned thread from feeding it).
+        pipeline: assembly, gate and framing (shared across openings, one thread at a time).
         deliver: called in trio, with each non-empty batch of pipeline output (outside any
             task, via ``TrioToken.run_sync_soon``: it must not block or raise).
+        on_opened: called in trio once the PCM is open.
         heartbeat: updated after every read.
         trio_token: the run to deliver into.
         periods_per_read: gate periods in one ALSA read (see ``read_periods``).
@@ -215,39 +221,35 @@ class CaptureThread:
         self._on_opened = on_opened
         self.heartbeat = heartbeat
         self._token = trio_token
-        self._lock = threading.Lock()
-        self.generation = 0
         self.stop_requested = threading.Event()
+        #: Set (in trio) once this thread has closed its PCM, or failed to open it.
+        self.released = trio.Event()
 
-    def abandon(self) -> None:
-        """Make the running thread (if any) a stale generation: it will exit without feeding."""
-        with self._lock:
-            self.generation += 1
+    def stop(self) -> None:
+        """Ask the thread to hand over what it has read, close the PCM and end (it sees the
+        request within two reads' time unless it is stuck inside alsa-lib)."""
+        self.stop_requested.set()
 
-    def run(self, generation: int) -> None:
-        """Capture until ``stop_requested`` (in a worker thread).
+    def run(self) -> None:
+        """Capture until ``stop()`` (in a worker thread).
 
         Raises:
             DeviceError: the device could not be opened or failed while reading.
         """
-        pcm = open_pcm(self.device, self.fmt, self.periods_per_read)
         try:
-            with self._lock:
-                if generation != self.generation:
-                    return
+            pcm = open_pcm(self.device, self.fmt, self.periods_per_read)
+            try:
                 self.heartbeat.opened_at = time.monotonic()
                 self.heartbeat.opened = True
-            self._call_trio(self._on_opened)
-            self._read_loop(pcm, generation)
+                self._call_trio(self._on_opened)
+                self._read_loop(pcm)
+            finally:
+                self.heartbeat.opened = False
+                pcm.close()
         finally:
-            with self._lock:
-                # An abandoned thread whose read finally returned must not mark the device
-                # closed: a newer thread owns the heartbeat now.
-                if generation == self.generation:
-                    self.heartbeat.opened = False
-            pcm.close()
+            self._call_trio(self.released.set)
 
-    def _read_loop(self, pcm: Any, generation: int) -> None:
+    def _read_loop(self, pcm: Any) -> None:
         poller = _poller_for(pcm)
         period_s = self.fmt.period_ms * self.periods_per_read / 1000
         while not self.stop_requested.is_set():
@@ -256,32 +258,29 @@ class CaptureThread:
             except alsaaudio.ALSAAudioError as exc:
                 raise classify_alsa_error(self.device, exc) from exc
             if n_frames == 0 and not data:
-                # Non-blocking PCM with no period ready yet: wait for ALSA (in poll, which
-                # releases the GIL and lets a stop request be seen within a period).
+                # Non-blocking PCM with nothing ready yet: wait for ALSA in poll (which releases
+                # the GIL), for at most two reads' time so that a stop request is seen soon.
                 if poller is None or not poller.poll(round(period_s * 2000)):
                     time.sleep(period_s / 4)
                 continue
             read_done_s = time.time()
-            with self._lock:
-                if generation != self.generation:
-                    return  # abandoned after a stall: a newer thread owns the pipeline now
-                if n_frames < 0:
-                    if -n_frames != EPIPE:
-                        raise DeviceError(
-                            self.device, DeviceProblem.OTHER, f"read failed with error {n_frames}"
-                        )
-                    self.heartbeat.overruns += 1
-                    continue
-                output = self.pipeline.feed(data, read_done_s)
-                self.heartbeat.last_period_at = time.monotonic()
-                self.heartbeat.periods += 1
+            if n_frames < 0:
+                if -n_frames != EPIPE:
+                    raise DeviceError(
+                        self.device, DeviceProblem.OTHER, f"read failed with error {n_frames}"
+                    )
+                # An overrun: the kernel lost audio; pyalsaaudio has re-prepared the PCM.
+                self.heartbeat.overruns += 1
+                self._call_trio(self._deliver, self.pipeline.overrun(read_done_s))
+                continue
+            output = self.pipeline.feed(data, read_done_s)
+            self.heartbeat.last_period_at = time.monotonic()
+            self.heartbeat.periods += 1
             if output:
                 self._call_trio(self._deliver, output)
-        with self._lock:
-            if generation == self.generation:
-                tail = self.pipeline.flush()
-                if tail:
-                    self._call_trio(self._deliver, tail)
+        tail = self.pipeline.flush()
+        if tail:
+            self._call_trio(self._deliver, tail)
 
     def _call_trio(self, fn: Callable[..., None], *args: object) -> None:
         # run_sync_soon queues the call and returns: the capture thread never waits for the

@@ -18,6 +18,7 @@ CORE_MODULES = [
     "dgd.events",
     "dgd.gate",
     "dgd.pipeline",
+    "dgd.health",
     "dgd.timemap",
     "dgd.outbox",
     "dgd.messages",
