@@ -193,6 +193,8 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
         )
         return EX_CONFIG
     chosen = logsetup.setup(log_target, log_level or config.log.level, os.environ)
+    if chosen == "journal":
+        logsetup.capture_stderr()
     logsetup.SECRETS.set_secrets(key.value)
     for warning in warnings:
         logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
@@ -218,7 +220,10 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     except KeyboardInterrupt:
         return EX_OK
     except Exception:
-        log.exception("dgd stopped on an unexpected error; please report it")
+        log.exception(
+            "dgd stopped on an unexpected error; please report it",
+            extra={"DGD_EVENT": "crashed"},
+        )
         return EX_UNEXPECTED
     finally:
         sinks.close()

@@ -4,16 +4,21 @@ Log records carry their journal fields in ``extra`` (``DGD_EVENT`` and friends, 
 since journald drops other names). ``event()`` is the one way the daemon logs an event.
 A ``SecretFilter`` on every handler replaces the API key wherever it would appear, at any
 level and from any library logger; a ``RepeatFilter`` folds a flood of one message into one
-line and a count.
+line and a count. Under systemd, ``capture_stderr`` turns what libraries write to file
+descriptor 2 (alsa-lib's ``ALSA lib ...`` lines) into events too, so every record dgd writes
+to the journal carries ``DGD_EVENT``.
 """
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import importlib
 import logging
 import math
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
 
@@ -218,3 +223,59 @@ def event(
     if repeat_key is not None:
         extra["dgd_repeat_key"] = repeat_key
     logger.log(level, message, *args, extra=extra)
+
+
+#: How long, at exit, the stderr reader gets to log what was written last (a traceback).
+STDERR_DRAIN_S: Final = 0.5
+
+
+def _log_stderr_line(line: str) -> None:
+    if not line.strip():
+        return
+    if line.startswith("ALSA lib "):
+        # alsa-lib's own diagnostics (snd_lib_error): e.g. a card named in audio.device that
+        # is not there yet. dgd's device events say what it means for capture.
+        event(
+            "alsa_lib",
+            "alsa-lib: %s",
+            line.removeprefix("ALSA lib "),
+            level=logging.WARNING,
+            repeat_key=f"alsa:{line[:60]}",
+            logger=logging.getLogger("dgd.stderr"),
+        )
+    else:
+        event("stderr", "%s", line, level=logging.WARNING, logger=logging.getLogger("dgd.stderr"))
+
+
+def capture_stderr() -> None:
+    """Route file descriptor 2 through a pipe whose lines are logged as events.
+
+    Under systemd, stderr is a plain journal stream: what C libraries write there (alsa-lib
+    prints ``ALSA lib confmisc.c:...`` lines itself) would reach the journal without
+    ``DGD_EVENT``. Each line becomes an ``alsa_lib`` (or ``stderr``) event instead. The pipe's
+    write end is non-blocking: if the reader ever falls behind by a full pipe (64 KiB), a line
+    is lost rather than a capture thread blocked. At exit the last lines (a traceback) are
+    drained before the process ends. Call once, after ``setup("journal", ...)``.
+    """
+    read_fd, write_fd = os.pipe()
+    flags = fcntl.fcntl(write_fd, fcntl.F_GETFL)
+    fcntl.fcntl(write_fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    sys.stderr.flush()
+    original_fd = os.dup(2)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def read_lines() -> None:
+        with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as pipe:
+            for line in pipe:
+                _log_stderr_line(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read_lines, name="dgd-stderr", daemon=True)
+    reader.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(original_fd, 2)  # closes the pipe's last write end: the reader sees EOF
+        reader.join(STDERR_DRAIN_S)
+
+    atexit.register(drain)

@@ -56,7 +56,11 @@ class Notifier:
         except OSError as exc:
             if not self._failed:
                 self._failed = True
-                log.warning("cannot notify systemd at NOTIFY_SOCKET: %s", exc)
+                log.warning(
+                    "cannot notify systemd at NOTIFY_SOCKET: %s",
+                    exc,
+                    extra={"DGD_EVENT": "notify_failed"},
+                )
         else:
             self._failed = False
 

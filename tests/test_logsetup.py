@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import pytest
@@ -19,9 +21,11 @@ from dgd.logsetup import (
     event,
     journal_available,
 )
+from tests.harness import journal_entries, journald_fixture  # noqa: F401  (the fixture)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 SECRET = "dg_0123456789abcdef"  # a made-up key
 
@@ -368,3 +372,42 @@ def test_repeat_filter_keys_are_independent() -> None:
     assert repeats.filter(repeat_record("a", "a")) is False
     clock.now += 60.0
     assert [r.getMessage() for r in repeats.flush()] == ["a (repeated 1 times in the last 1 min)"]
+
+
+# --- stderr of C libraries under systemd ------------------------------------------------
+
+STDERR_CHILD = """
+import os, sys
+from dgd import logsetup
+logsetup.setup("journal", "info", os.environ)
+logsetup.capture_stderr()
+os.write(2, b"plain line from a C library\\n")
+import alsaaudio
+try:
+    alsaaudio.PCM(type=alsaaudio.PCM_CAPTURE, device="nosuchdev-" + sys.argv[1])
+except alsaaudio.ALSAAudioError:
+    pass
+raise SystemExit("last words " + sys.argv[1])
+"""
+
+
+@pytest.mark.usefixtures("journald")
+def test_capture_stderr_wraps_alsa_lib_lines_as_events(tmp_path: Path) -> None:
+    """alsa-lib writes its own diagnostics to fd 2; under systemd each line becomes an event
+    with DGD_EVENT, and even the last line before exit is logged (read back with journalctl)."""
+    tag = uuid.uuid4().hex[:12]
+    script = tmp_path / "child.py"
+    script.write_text(STDERR_CHILD)
+    with subprocess.Popen(
+        [sys.executable, str(script), tag], stderr=subprocess.PIPE, text=True
+    ) as child:
+        _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 1
+    assert stderr == ""  # everything went to the journal
+    entries = journal_entries(5.0, 3, _PID=str(child.pid))
+    events = [(e.get("DGD_EVENT"), e["MESSAGE"]) for e in entries]
+    assert ("stderr", "plain line from a C library") in events, events
+    assert ("stderr", f"last words {tag}") in events, events
+    alsa = [message for name, message in events if name == "alsa_lib"]
+    assert any(f"Unknown PCM nosuchdev-{tag}" in m for m in alsa), events
+    assert all(name is not None for name, _ in events), events
