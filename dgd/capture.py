@@ -98,7 +98,7 @@ def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
     return DeviceError(device, problem, text)
 
 
-def _poller_for(pcm: Any) -> select.poll | None:
+def poller_for(pcm: Any) -> select.poll | None:
     """A poll object over the PCM's descriptors (None if the PCM offers none)."""
     try:
         descriptors = pcm.polldescriptors()
@@ -250,7 +250,7 @@ class CaptureThread:
             self._call_trio(self.released.set)
 
     def _read_loop(self, pcm: Any) -> None:
-        poller = _poller_for(pcm)
+        poller = poller_for(pcm)
         period_s = self.fmt.period_ms * self.periods_per_read / 1000
         while not self.stop_requested.is_set():
             try:

@@ -17,12 +17,13 @@ import os
 import queue
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import alsaaudio
 
-from dgd.capture import EPIPE, DeviceError, DeviceProblem
+from dgd.capture import EPIPE, DeviceError, DeviceProblem, poller_for
 from dgd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, parse
 from dgd.devices import DeviceTimeout, open_with_timeout
 from dgd.gate import AUTO_OPEN_MARGIN_DB, FLOOR_MIN_DBFS
@@ -459,22 +460,26 @@ _Item = bytes | DeviceError
 
 
 class _Reader:
-    """The worker thread: blocking reads of one period, handed over through a queue.
+    """The worker thread: reads of the (non-blocking) PCM, handed over as whole periods.
 
-    It owns the PCM from here on and closes it when it stops, so the PCM is never closed under
-    a blocked ``read``. A stalled device leaves the (daemon) thread blocked; the process exits
-    regardless.
+    It owns the PCM from here on and closes it when it stops. Like the daemon's capture
+    thread it waits for audio in ``poll`` and treats the device as a byte stream: a kernel
+    device returns whatever is ready, which is not always a whole period.
     """
 
-    def __init__(self, pcm: Any, device: str) -> None:
+    def __init__(self, pcm: Any, device: str, fmt: PcmFormat) -> None:
         self._pcm = pcm
         self._device = device
+        self._period_bytes = fmt.period_bytes
+        self._wait_ms = 2 * fmt.period_ms
         self.items: queue.Queue[_Item] = queue.Queue(maxsize=QUEUE_PERIODS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dgd-levels-reader", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        poller = poller_for(self._pcm)
+        pending = b""
         try:
             while not self._stop.is_set():
                 try:
@@ -483,13 +488,21 @@ class _Reader:
                     self._put(DeviceError(self._device, DeviceProblem.UNPLUGGED, str(exc)))
                     return
                 if n_frames == -EPIPE:
-                    continue  # overrun: pyalsaaudio re-prepared the PCM; read on
+                    pending = b""  # overrun: pyalsaaudio re-prepared the PCM; read on
+                    continue
                 if n_frames < 0:
                     detail = f"read failed with error {n_frames}"
                     self._put(DeviceError(self._device, DeviceProblem.OTHER, detail))
                     return
-                if data:
-                    self._put(bytes(data))
+                if not data:
+                    if poller is None or not poller.poll(self._wait_ms):
+                        time.sleep(self._wait_ms / 8000)
+                    continue
+                pending += data
+                whole = len(pending) - len(pending) % self._period_bytes
+                for start in range(0, whole, self._period_bytes):
+                    self._put(pending[start : start + self._period_bytes])
+                pending = pending[whole:]
         finally:
             self._pcm.close()
 
@@ -582,7 +595,7 @@ def _measure(
     meter = Meter(sys.stdout, tty=sys.stdout.isatty()) if not args.json else None
     if meter is not None:
         print(f'dgd levels: {note}; reading "{device}" (Ctrl-C stops early)')
-    reader = _Reader(pcm, device)
+    reader = _Reader(pcm, device, fmt)
     failure = ""
     try:
         while total_periods is None or stats.periods < total_periods:

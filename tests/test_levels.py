@@ -17,6 +17,7 @@ import time
 from array import array
 from pathlib import Path
 
+import alsaaudio
 import pytest
 
 from dgd.levels import (
@@ -26,6 +27,7 @@ from dgd.levels import (
     PeakHold,
     PeriodLevel,
     Suggestion,
+    _Reader,
     advice,
     percentile,
     render_meter,
@@ -569,3 +571,37 @@ def test_levels_reports_a_stalled_device(alsa: dict[str, str]) -> None:
     assert 'audio device "stall" delivered no audio for 2 s' in done.stderr
     assert "(10 periods)" in done.stdout
     assert figure(done.stdout, "noise floor") == pytest.approx(db(1024), abs=0.05)
+
+
+class ScriptedPcm:
+    """Returns scripted reads like a non-blocking kernel PCM: nothing ready, partial periods,
+    an overrun; then nothing. Stands in for the device only, to drive the reader's logic."""
+
+    def __init__(self, reads: list[tuple[int, bytes]]) -> None:
+        self._reads = list(reads)
+        self.closed = False
+
+    def polldescriptors(self) -> list[tuple[int, int]]:
+        raise alsaaudio.ALSAAudioError("no descriptors")
+
+    def read(self) -> tuple[int, bytes]:
+        return self._reads.pop(0) if self._reads else (0, b"")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_levels_reader_hands_over_whole_periods_from_partial_reads() -> None:
+    fmt = PcmFormat(16000, 1, 20)  # 640-byte periods
+    stream = bytes(range(256)) * 10  # 2560 bytes = 4 periods
+    reads = [(0, b""), (64, stream[:128]), (0, b""), (736, stream[128:1600])]
+    reads += [(-32, b""), (320, stream[1920:2560]), (320, stream[1920:2560])]
+    pcm = ScriptedPcm(reads)
+    reader = _Reader(pcm, "scripted", fmt)
+    got = [reader.items.get(timeout=5) for _ in range(4)]
+    reader.stop()
+    # Before the overrun: two whole periods, and half of one that the overrun discards.
+    assert got[:2] == [stream[:640], stream[640:1280]]
+    # After it: two reads of one period each.
+    assert got[2:] == [stream[1920:2560], stream[1920:2560]]
+    assert pcm.closed
