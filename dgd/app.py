@@ -3,7 +3,8 @@
 Task tree (every task lives in the root nursery opened here)::
 
     root
-    ├── signals      SIGTERM/SIGINT → graceful stop; SIGHUP → reload config and key
+    ├── signals      SIGTERM/SIGINT → graceful stop (once); SIGHUP → a reload request
+    ├── reloader     executes reload plans one at a time (dgd.reload); requests coalesce
     ├── capture      reopens the ALSA device whenever it fails (the thread does the reading)
     ├── supervisor   connection after connection (each: sender, receiver, liveness)
     └── monitor      watchdog, stall detection, STATUS=, periodic stats
@@ -14,7 +15,6 @@ WebSocket; WebSocket → link receiver → session events → sinks.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import signal
@@ -31,11 +31,12 @@ from dgd.capture import (
     read_periods,
     run_abandonable,
 )
-from dgd.config import ApiKey, AudioConfig, Config, ConfigError
+from dgd.config import ApiKey, Config, ConfigError
 from dgd.events import (
     AudioFrame,
     DigitalSilence,
     FinalizeMarker,
+    FormatChange,
     GateClosed,
     GateOpened,
     InvalidBuffer,
@@ -52,6 +53,7 @@ from dgd.logsetup import event, flush_repeats, set_level
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
 from dgd.pipeline import CapturePipeline
+from dgd.reload import plan_reload, refuse
 from dgd.session import DuplicateFilter
 from dgd.supervisor import Supervisor
 
@@ -178,6 +180,7 @@ class Daemon:
         self._waiting_for_device = False
         self._stop_requested_at: float | None = None  # a reopen asked the thread to stop
         self._stuck_capture: CaptureThread | None = None  # abandoned, still holds the device
+        self._reload_requested = trio.Event()
         self.dropped_by_cause: dict[str, float] = {}
 
     # -- the task tree -------------------------------------------------------------------
@@ -186,7 +189,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT, then shut down gracefully (bounded by close_timeout_s)."""
         async with trio.open_nursery() as root:
             self._root = root
-            root.start_soon(self._signals, root.cancel_scope)
+            root.start_soon(self._signals, root)
             root.start_soon(self._capture_task)
             supervisor_done = trio.Event()
             self._supervisor_done = supervisor_done
@@ -195,6 +198,8 @@ class Daemon:
             self.notifier.ready(self.status.render())
             event("started", "dgd is running: %s", self.status.render())
             root.start_soon(self._monitor)
+            # Started after READY=1: a SIGHUP that came earlier is carried out now.
+            root.start_soon(self._reloader)
 
     async def _supervisor_task(self, done: trio.Event) -> None:
         try:
@@ -202,15 +207,22 @@ class Daemon:
         finally:
             done.set()
 
-    async def _signals(self, root_scope: trio.CancelScope) -> None:
+    async def _signals(self, root: trio.Nursery) -> None:
+        """Receive signals for the daemon's whole life, so that none falls back to its default
+        action (a second SIGTERM during shutdown, a SIGHUP before READY=1)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
-                    self.reload()
-                    continue
-                await self._shutdown(signal.Signals(signum).name)
-                root_scope.cancel()
-                return
+                    self.request_reload()
+                elif self.stopping.is_set():
+                    event("stopping", "already stopping; %s ignored: finishing first", name)
+                else:
+                    root.start_soon(self._stop, name, root.cancel_scope)
+
+    async def _stop(self, why: str, root_scope: trio.CancelScope) -> None:
+        await self._shutdown(why)
+        root_scope.cancel()
 
     async def _shutdown(self, why: str) -> None:
         close_timeout_s = self.config.stream.close_timeout_s
@@ -554,9 +566,24 @@ class Daemon:
 
     # -- reload --------------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """SIGHUP: re-read config and key; apply in place what can be, reconnect or reopen
-        for the rest. An invalid new config is refused and the running one stays."""
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config and the key as soon as the reloader is free (requests
+        that arrive meanwhile make one more reload, of the newest file)."""
+        if self.stopping.is_set():
+            event("reload_ignored", "SIGHUP ignored: dgd is stopping")
+            return
+        self._reload_requested.set()
+
+    async def _reloader(self) -> None:
+        while not self.stopping.is_set():
+            await self._reload_requested.wait()
+            self._reload_requested = trio.Event()
+            if not self.stopping.is_set():
+                await self.reload()
+
+    async def reload(self) -> None:
+        """Re-read config and key; carry out the plan (``dgd.reload``). An invalid new config
+        is refused and the running one stays."""
         self.notifier.reloading()
         if self._reload_config is None:
             self.notifier.ready(self.status.render())
@@ -567,36 +594,27 @@ class Daemon:
             event(
                 "reload_failed",
                 "reload refused, the running configuration stays in force:\n%s",
-                exc,
+                "\n".join(refuse(str(exc)).refused),
                 level=logging.ERROR,
             )
             self.notifier.ready(self.status.render())
             return
         old = self.config
-        key_changed = new_key.value != self.api_key.value
-        self.api_key = new_key
-        # Audio changes are applied by _switch_audio, which needs the old format until the
-        # audio captured in it has been sent.
-        self.config = dataclasses.replace(new_config, audio=old.audio)
-        self._apply_in_place(old, new_config)
-        changed = [
-            name
-            for name in ("deepgram", "audio", "gate", "stream", "output", "log")
-            if getattr(old, name) != getattr(new_config, name)
-        ]
-        if key_changed:
-            changed.append("api key")
-        if new_config.deepgram != old.deepgram or key_changed:
+        plan = plan_reload(old, new_config, key_changed=new_key.value != self.api_key.value)
+        self.config, self.api_key = new_config, new_key
+        if plan.apply_in_place:
+            self._apply_in_place(old, new_config)
+        if plan.reopen_capture:
+            await self._reopen_capture()
+        if plan.reconnect:
             self._reconnect_gracefully()
         if self.supervisor.last_failure is not None:
             self.supervisor.retry_now()  # a fixed key or URL is tried at once
-        if new_config.audio != old.audio and self._root is not None:
-            self._root.start_soon(self._switch_audio, new_config.audio)
         event(
             "reloaded",
             "configuration reloaded (%s changed)",
-            ", ".join(changed) or "nothing",
-            changed=",".join(changed),
+            ", ".join(plan.changed) or "nothing",
+            changed=",".join(plan.changed),
         )
         self.notifier.ready(self.status.render())
 
@@ -626,46 +644,30 @@ class Daemon:
             self.link.close_requested.set()
             self.feed.poke()
 
-    async def _switch_audio(self, audio: AudioConfig) -> None:
-        """Reopen capture with new ``[audio]`` settings.
+    async def _reopen_capture(self) -> None:
+        """Open capture again with the ``[audio]`` now in ``self.config``.
 
-        A new device with the same format is simply reopened. A new rate, channel count or
-        period needs a new stream too: capture is held, what was captured in the old format is
-        sent and finalized on the current connection (bounded by ``close_timeout_s``), then the
-        format changes, the stream reconnects and capture resumes.
+        Capture stops only while the device is closed and opened again. When the rate or the
+        channel count changed, a ``FormatChange`` goes into the outbox behind the last audio
+        of the old format: the link sends that audio on the current stream, ends it, and the
+        next handshake declares the new format (``dgd.link``, ``dgd.supervisor``).
         """
-        old_fmt = self.fmt
-        new_fmt = PcmFormat(audio.rate, audio.channels, audio.period_ms)
+        audio = self.config.audio
         self._capture_resume = trio.Event()
         if self.capture is not None:
             self.capture.stop()
-        with trio.move_on_after(CAPTURE_STOP_GRACE_S + old_fmt.period_ms / 1000):
+        with trio.move_on_after(CAPTURE_STOP_GRACE_S):
             await self._capture_idle.wait()
         if not self._capture_idle.is_set() and self._capture_scope is not None:
-            self._capture_scope.cancel()
-        if new_fmt != old_fmt:
-            self._reconnect_gracefully()
-            with trio.move_on_after(self.config.stream.close_timeout_s):
-                # A compound condition polled for at most close_timeout_s, once per reload.
-                while self.feed.outbox.held_s > 0 or self.supervisor.connected:  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            lost_s = self.feed.outbox.reset(new_fmt)
-            if lost_s > 0:
-                self._count_drop("format_change", lost_s)
-                event(
-                    "audio_dropped",
-                    "%.1f s of audio captured before the format change could not be sent",
-                    lost_s,
-                    level=logging.WARNING,
-                    dropped_s=f"{lost_s:.2f}",
-                )
+            self._capture_scope.cancel()  # stuck: the capture task waits for the release
+        new_fmt = pcm_format(self.config)
+        if new_fmt != self.fmt:
             self.fmt = new_fmt
-            gate_mode = self.config.gate.mode
             self.pipeline = CapturePipeline(
                 new_fmt, make_gate(self.config, audio.period_ms), self.config.stream.frame_ms
             )
-            self.pipeline.finalize_on_close = gate_mode != "shadow"
-        self.config = dataclasses.replace(self.config, audio=audio)
+            self.pipeline.finalize_on_close = self.config.gate.mode != "shadow"
+            self.feed.put(FormatChange(new_fmt))
         self.status.device_ok = False
         self.status.device = f'opening audio device "{audio.device}"'
         event(
@@ -676,5 +678,4 @@ class Daemon:
             audio.channels,
             audio.period_ms,
         )
-        self.capture = None
         self._capture_resume.set()

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -26,6 +27,15 @@ EX_USAGE: Final = 2
 EX_CONFIG: Final = 78
 
 log = logging.getLogger("dgd.cli")
+
+#: Set by a SIGHUP that arrives before the daemon listens for signals itself.
+_early_reload: list[int] = []
+
+
+def _remember_reload(signum: int, _frame: object) -> None:
+    # SIGHUP's default action ends the process (status 129, which systemd does not restart):
+    # until the daemon's own receiver takes over, a reload request is only remembered.
+    _early_reload.append(signum)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +183,7 @@ def _device_problems(config: Config) -> list[str]:
 
 def run(path: str | None, log_target: str, log_level: str | None) -> int:
     """``dgd run``: the daemon in the foreground until SIGTERM/SIGINT."""
+    signal.signal(signal.SIGHUP, _remember_reload)
     import trio
 
     from dgd import logsetup
@@ -211,10 +222,14 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     from dgd.sdnotify import Notifier
     from dgd.sinks import TranscriptSinks
 
-    journal_send = logsetup.journal_module().send if config.output.journald else None
+    # Always at hand: output.journald may be switched on by a reload.
+    journal_send = logsetup.journal_module().send
     notifier = Notifier(os.environ)
     sinks = TranscriptSinks(config.output, journal_send, echo_to_log=chosen == "stderr")
     daemon = Daemon(config, key, notifier=notifier, reload_config=reload, sinks=sinks)
+    if _early_reload:
+        logsetup.event("reload_pending", "SIGHUP before dgd was ready: reloading once it is")
+        daemon.request_reload()
     try:
         trio.run(daemon.run, restrict_keyboard_interrupt_to_checkpoints=True)
     except KeyboardInterrupt:

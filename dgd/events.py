@@ -9,6 +9,10 @@ This module does no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dgd.pcm import PcmFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +59,18 @@ class FinalizeMarker:
     at_s: float
 
 
-OutboxItem = AudioFrame | FinalizeMarker
+@dataclass(frozen=True, slots=True)
+class FormatChange:
+    """From here on the audio is in ``fmt`` (a reload changed ``[audio]``).
+
+    The link never sends audio past it on a stream whose handshake declared another rate or
+    channel count: it ends that stream gracefully, and the next handshake declares ``fmt``.
+    """
+
+    fmt: PcmFormat
+
+
+OutboxItem = AudioFrame | FinalizeMarker | FormatChange
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import trio
 
 from dgd import wsclient
 from dgd.backoff import Failure, classify_close, network_failure, timeout_failure
-from dgd.events import AudioFrame, OutboxItem, Transcript
+from dgd.events import AudioFrame, FormatChange, OutboxItem, Transcript
 from dgd.logsetup import event
 from dgd.messages import Metadata, Unrecognized, parse_close
 from dgd.session import Confirmed, Marker, Session, SessionEvent, SessionState
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from dgd.config import StreamConfig
     from dgd.outbox import Dropped, Outbox
+    from dgd.pcm import PcmFormat
 
 log = logging.getLogger("dgd.link")
 
@@ -118,15 +119,20 @@ class _Run:
         self.scope.cancel()
 
 
-async def run_link(ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext) -> None:
-    """Stream until the stream closes gracefully after ``CloseStream`` (stop or reload).
+async def run_link(
+    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, fmt: PcmFormat
+) -> None:
+    """Stream audio in ``fmt`` (what the handshake declared) until the stream closes gracefully
+    after ``CloseStream``: on stop, on a reload that needs a new stream, or when the outbox
+    reaches audio of another rate or channel count.
 
     Raises:
-        LinkFailure: the connection failed, was closed by the server, or stopped answering.
+        LinkFailure: the connection failed, was closed by the server, stopped answering, or
+            did not finish within ``stream.close_timeout_s`` of ``CloseStream``.
     """
     async with trio.open_nursery() as nursery:
         run = _Run(nursery.cancel_scope)
-        nursery.start_soon(_sender, ws, session, ctx, run)
+        nursery.start_soon(_sender, ws, session, ctx, run, fmt)
         nursery.start_soon(_receiver, ws, session, ctx, run)
         nursery.start_soon(_liveness, ws, ctx, run)
     session.connection_lost()
@@ -154,7 +160,7 @@ async def _send_text(ws: wsclient.WebSocketPort, text: str, timeout_s: float) ->
 
 
 async def _sender(
-    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, run: _Run
+    ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext, run: _Run, fmt: PcmFormat
 ) -> None:
     feed, outbox = ctx.feed, ctx.feed.outbox
     timeout_s = ctx.stream.ping_timeout_s
@@ -165,11 +171,26 @@ async def _sender(
                 ctx.stopping.is_set() and feed.capture_done
             )
             item = outbox.peek()
+            if isinstance(item, FormatChange):
+                if item.fmt.same_stream(fmt):
+                    outbox.take_format_change()  # only the period changed: same stream
+                    continue
+                # Audio of another rate or channel count follows: it needs its own handshake.
+                item, finishing = None, True
             if item is None and ctx.catchup is not None:
                 _report_catchup(ctx)
             if item is None and finishing:
                 await _send_text(ws, session.close_stream(trio.current_time()), timeout_s)
                 ctx.counters.messages_out += 1
+                # The receiver ends the link when the stream is finished; a server that never
+                # finishes it must not hold the audio queued behind it.
+                await trio.sleep(ctx.stream.close_timeout_s)
+                run.fail(
+                    timeout_failure(
+                        f"the stream did not finish within {ctx.stream.close_timeout_s:g} s "
+                        "of CloseStream"
+                    )
+                )
                 return
             if item is None:
                 with trio.move_on_at(session.keepalive_due_at()):

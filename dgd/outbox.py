@@ -4,7 +4,11 @@ Audio is *safe* once Deepgram has returned a final result that covers it. Until 
 kept ("in flight"), so that after a dropped connection it can be sent again on the next one
 (replay) without losing a word. While disconnected, captured audio waits here too. Both
 together are bounded by ``stream.replay_buffer_s``; past the bound the oldest audio is dropped
-and counted. This module does no I/O.
+and counted.
+
+Audio of two formats can be queued at once after a reload changed ``[audio]``: a
+``FormatChange`` marker separates them, and ``format`` is the format of the audio at the head,
+which is what the next handshake must declare. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dgd.events import AudioFrame, FinalizeMarker, OutboxItem
+from dgd.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
 
 if TYPE_CHECKING:
     from dgd.pcm import PcmFormat
@@ -37,7 +41,8 @@ class Outbox:
     """Ordered items to send, plus the unconfirmed tail of what was sent on this connection.
 
     Args:
-        fmt: audio format (to trim frames at sample boundaries).
+        fmt: the format of the audio at the head (to trim frames at sample boundaries, and
+            for the next handshake).
         replay_buffer_s: the bound on pending + in-flight audio, in seconds.
     """
 
@@ -82,12 +87,16 @@ class Outbox:
                 self.released_unconfirmed_s += released.duration_s
         dropped_s = 0.0
         oldest_s: float | None = None
+        formats: list[FormatChange] = []  # never dropped: they say what the audio after is
         while self._held_s > self.replay_buffer_s + 1e-9 and self._pending:
             item = self._pending.popleft()
             if isinstance(item, AudioFrame):
                 self._held_s -= item.duration_s
                 dropped_s += item.duration_s
                 oldest_s = item.start_s if oldest_s is None else oldest_s
+            elif isinstance(item, FormatChange):
+                formats.append(item)
+        self._pending.extendleft(reversed(formats))
         if oldest_s is None:
             return None
         self.dropped_s += dropped_s
@@ -113,6 +122,27 @@ class Outbox:
         item = self._pending.popleft()
         self._in_flight.append(_InFlight(item, end_offset_s))
         return item
+
+    @property
+    def format(self) -> PcmFormat:
+        """The format of the audio at the head: what the next handshake declares."""
+        return self._fmt
+
+    def take_format_change(self) -> PcmFormat:
+        """Take the ``FormatChange`` at the head: the audio after it is in its format.
+
+        Called when a stream begins (the handshake will declare it), or mid-stream when the new
+        format needs no new handshake (only the period changed).
+
+        Raises:
+            ValueError: the head is not a ``FormatChange``.
+        """
+        head = self.peek()
+        if not isinstance(head, FormatChange):
+            raise ValueError("the outbox does not begin with a format change")
+        self._pending.popleft()
+        self._fmt = head.fmt
+        return head.fmt
 
     def confirm(self, offset_s: float) -> None:
         """A final result covered this connection's audio up to ``offset_s``: release it."""
@@ -159,16 +189,6 @@ class Outbox:
         data = frame.data[skip_bytes:]
         skipped_s = self._fmt.seconds(skip_bytes)
         return AudioFrame(data, frame.start_s + skipped_s, frame.duration_s - skipped_s)
-
-    def reset(self, fmt: PcmFormat) -> float:
-        """Empty the outbox for a new audio format; returns the seconds of audio discarded."""
-        discarded_s = self.held_s
-        self._pending.clear()
-        self._in_flight.clear()
-        self._held_s = 0.0
-        self._confirmed_offset_s = 0.0
-        self._fmt = fmt
-        return discarded_s
 
     # -- introspection -------------------------------------------------------------------
 

@@ -77,6 +77,11 @@ class PcmFormat:
         """Duration in seconds of ``n_bytes`` of audio in this format."""
         return n_bytes / self.bytes_per_second
 
+    def same_stream(self, other: PcmFormat) -> bool:
+        """True when audio in ``other`` can go on a stream opened for this format: Deepgram's
+        handshake declares the rate and channels, not the period."""
+        return self.rate_hz == other.rate_hz and self.channels == other.channels
+
 
 def samples(data: bytes) -> array[int]:
     """Decode S16_LE bytes into an array of ints (``len(data)`` must be even)."""

@@ -26,6 +26,7 @@ from dgd.backoff import (
     classify_rejection,
     network_failure,
 )
+from dgd.events import FormatChange
 from dgd.link import LinkContext, LinkFailure, run_link
 from dgd.logsetup import event
 from dgd.messages import auth_headers, listen_url, parse_rejection
@@ -144,9 +145,12 @@ class Supervisor:
 
     async def _connect_once(self) -> Failure | None:
         config = self._config()
-        url = listen_url(
-            config.deepgram.url, config.deepgram.query, config.audio.rate, config.audio.channels
-        )
+        outbox = self.ctx.feed.outbox
+        # The handshake declares the format of the audio it will carry: the outbox's head.
+        while isinstance(outbox.peek(), FormatChange):
+            outbox.take_format_change()
+        fmt = outbox.format
+        url = listen_url(config.deepgram.url, config.deepgram.query, fmt.rate_hz, fmt.channels)
         stream = config.stream
         self._set_status("connecting")
         try:
@@ -161,7 +165,7 @@ class Supervisor:
                     keepalive_interval_s=stream.keepalive_interval_s, now=trio.current_time()
                 )
                 try:
-                    await run_link(ws, session, self.ctx)
+                    await run_link(ws, session, self.ctx, fmt)
                 finally:
                     self.connected = False
                     self.ctx.close_requested = trio.Event()

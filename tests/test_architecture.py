@@ -19,6 +19,7 @@ CORE_MODULES = [
     "dgd.gate",
     "dgd.pipeline",
     "dgd.health",
+    "dgd.reload",
     "dgd.timemap",
     "dgd.outbox",
     "dgd.messages",

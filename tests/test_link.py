@@ -8,7 +8,7 @@ import trio.testing
 
 from dgd.backoff import Verdict
 from dgd.config import StreamConfig
-from dgd.events import AudioFrame, FinalizeMarker, Transcript
+from dgd.events import AudioFrame, FinalizeMarker, FormatChange, Transcript
 from dgd.link import LinkContext, LinkFailure, OutboxFeed, run_link
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
@@ -39,7 +39,7 @@ async def run_for(ws: MemoryWebSocket, ctx: LinkContext, seconds: float) -> Link
     session = Session(keepalive_interval_s=ctx.stream.keepalive_interval_s, now=trio.current_time())
     with trio.move_on_after(seconds):
         try:
-            await run_link(ws, session, ctx)
+            await run_link(ws, session, ctx, FMT)
         except LinkFailure as exc:
             return exc
     return None
@@ -109,7 +109,7 @@ async def test_stop_sends_closestream_and_waits_for_results_and_metadata(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server)
         with trio.fail_after(5):
-            await run_link(ws, session, ctx)
+            await run_link(ws, session, ctx, FMT)
     assert [s.payload for s in ws.sent if isinstance(s.payload, str)] == ['{"type":"CloseStream"}']
     assert len(ws.binaries()) == 2
     assert [(t.text, t.start_s, t.end_s) for t in got] == [
@@ -217,3 +217,53 @@ async def test_a_backlog_is_replayed_at_125_percent_of_real_time(
     # 2 s go out at once, the remaining 28 s at 1.25x: the last frame leaves at 22.4 s.
     assert sends[19] == pytest.approx(0.0, abs=1e-9)
     assert sends[-1] == pytest.approx(28.0 / 1.25)
+
+
+async def test_audio_of_another_rate_ends_the_stream_after_the_audio_before_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    ctx.feed.put(frame(0.0))
+    ctx.feed.put(FormatChange(PcmFormat(8000, 1, 20)))
+    ctx.feed.put(AudioFrame(b"\x02" * 1600, WALL0 + 0.1, 0.1))
+    session = Session(keepalive_interval_s=4.0, now=trio.current_time())
+
+    async def server() -> None:
+        await trio.sleep(0.5)
+        ws.push(metadata(duration_s=0.1))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with trio.fail_after(5):
+            await run_link(ws, session, ctx, FMT)  # returns: a graceful end, not a failure
+    assert ws.binaries() == [b"\x01" * 3200]
+    assert [text for _, text in ws.texts()] == ['{"type":"CloseStream"}']
+    assert isinstance(ctx.feed.outbox.peek(), FormatChange)  # left for the next handshake
+
+
+async def test_a_new_period_alone_keeps_the_stream(autojump_clock: trio.testing.MockClock) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    ctx.feed.put(frame(0.0))
+    ctx.feed.put(FormatChange(PcmFormat(16000, 1, 10)))
+    ctx.feed.put(frame(0.1, fill=2))
+    assert await run_for(ws, ctx, 1.0) is None
+    assert ws.binaries() == [b"\x01" * 3200, b"\x02" * 3200]
+    assert ws.texts() == []
+    assert ctx.feed.outbox.format == PcmFormat(16000, 1, 10)
+
+
+async def test_a_stream_that_never_finishes_after_closestream_fails_in_close_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx(close_timeout_s=3.0)
+    ctx.close_requested.set()
+    start = trio.current_time()
+    failure = await run_for(ws, ctx, 30.0)
+    assert failure is not None
+    assert failure.failure.summary == (
+        "timed out: the stream did not finish within 3 s of CloseStream"
+    )
+    assert trio.current_time() - start == pytest.approx(3.0)

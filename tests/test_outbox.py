@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from dgd.events import AudioFrame, FinalizeMarker, OutboxItem
+from dgd.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
 from dgd.outbox import Dropped, Outbox
 from dgd.pcm import PcmFormat
 
@@ -380,3 +380,35 @@ def test_held_counts_stay_consistent_through_a_replay_cycle() -> None:
     assert outbox.put(E) == Dropped(0.5, B.start_s)
     assert sizes(outbox) == (1.5, 1.5, 0.0)
     assert drain(outbox) == [C, D, E]
+
+
+# --- format changes ----------------------------------------------------------------------
+
+FMT16 = PcmFormat(16000, 1, 20)
+
+
+def test_format_change_is_queued_in_order_and_taken_at_the_head() -> None:
+    outbox = Outbox(FMT, 120.0)
+    marker = FormatChange(FMT16)
+    outbox.put(AudioFrame(b"\x01" * 3200, 0.0, 0.1))
+    outbox.put(marker)
+    assert outbox.format == FMT
+    with pytest.raises(ValueError, match="does not begin with a format change"):
+        outbox.take_format_change()
+    outbox.take(0.1)
+    assert outbox.peek() == marker
+    assert outbox.take_format_change() == FMT16
+    assert outbox.format == FMT16
+    assert outbox.peek() is None
+
+
+def test_the_replay_bound_never_drops_a_format_change() -> None:
+    """Dropping it would send the audio after it under the old handshake."""
+    outbox = Outbox(FMT, 0.25)
+    outbox.put(AudioFrame(b"\x01" * 3200, 0.0, 0.1))
+    outbox.put(FormatChange(FMT16))
+    for k in range(3):
+        outbox.put(AudioFrame(b"\x02" * 1600, 0.1 + k * 0.1, 0.1))
+    assert isinstance(outbox.peek(), FormatChange)
+    assert outbox.held_s == pytest.approx(0.2)
+    assert outbox.dropped_s == pytest.approx(0.2)

@@ -12,7 +12,7 @@ import trio.testing
 
 from dgd.backoff import RetryPolicy, Verdict, classify_rejection
 from dgd.config import Config
-from dgd.events import AudioFrame
+from dgd.events import AudioFrame, FormatChange
 from dgd.link import LinkContext, OutboxFeed
 from dgd.messages import parse_rejection
 from dgd.outbox import Outbox
@@ -170,3 +170,38 @@ async def test_stop_finishes_the_stream_and_returns(autojump_clock: trio.testing
             await supervisor.run()
     assert ws.texts()[-1][1] == '{"type":"CloseStream"}'
     assert ctx.feed.outbox.held_s == 0.0
+
+
+async def test_every_handshake_declares_the_format_of_the_audio_it_carries(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A reload to 8 kHz: the 16 kHz audio queued before it goes on the 16 kHz stream, which
+    then ends gracefully; the 8 kHz audio goes only on a stream opened for 8 kHz."""
+    first, second = MemoryWebSocket(), MemoryWebSocket()
+    connector = MemoryConnector([Attempt(ws=first), Attempt(ws=second)])
+    supervisor, ctx, _ = make(connector)
+    old = [AudioFrame(bytes([1 + i]) * 3200, 1000.0 + i * 0.1, 0.1) for i in range(2)]
+    new = [AudioFrame(bytes([9 + i]) * 1600, 1000.2 + i * 0.1, 0.1) for i in range(2)]
+
+    async def scenario() -> None:
+        await connector.connected.wait()
+        for item in [*old, FormatChange(PcmFormat(8000, 1, 20)), *new]:
+            ctx.feed.put(item)
+        await trio.sleep(0.5)
+        first.push(results(0.0, 0.2, "old words"))
+        first.push(metadata(duration_s=0.2))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        nursery.start_soon(scenario)
+        await trio.sleep(10.0)
+        nursery.cancel_scope.cancel()
+    urls = [url for _, url, _ in connector.calls]
+    assert [u.split("?")[1].split("&")[-3:] for u in urls] == [
+        ["encoding=linear16", "sample_rate=16000", "channels=1"],
+        ["encoding=linear16", "sample_rate=8000", "channels=1"],
+    ]
+    assert first.binaries() == [f.data for f in old]
+    assert first.texts()[-1][1] == '{"type":"CloseStream"}'
+    assert second.binaries() == [f.data for f in new]
+    assert ctx.feed.outbox.format == PcmFormat(8000, 1, 20)
