@@ -34,7 +34,7 @@ The daemon logs to stderr (``--log-target stderr``): the readable lines carry ev
 used here, so no journald is needed. The run passes (exit 0) when no utterance is lost or
 duplicated, nothing was dropped and memory is flat (see ``MAX_RSS_SLOPE_KB_PER_MIN``).
 
-Replay after an outage is paced at 1.25× real time (dgd.link.REPLAY_SPEED), so the average
+Replay after an outage is paced at 1.25× real time (dgd.session.REPLAY_SPEED), so the average
 rate at which the daemon sends audio, speed × the fraction of audio the gate passes (speech
 plus 0.3 s pre-roll plus 1.5 s hangover per utterance), must stay well below 1.25 or the
 backlog never drains: the default gaps (mean ~14 s) and speed 3 give about 0.75.

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import trio
 
 from dgd import wsclient
-from dgd.backoff import Failure, classify_close, network_failure, timeout_failure
+from dgd.backoff import Failure, network_failure, timeout_failure
 from dgd.events import AudioFrame, FormatChange, OutboxItem, Transcript
 from dgd.logsetup import event
-from dgd.messages import Metadata, Unrecognized, parse_close
-from dgd.session import Confirmed, Marker, Session, SessionEvent, SessionState
+from dgd.messages import Metadata, Unrecognized
+from dgd.session import Confirmed, Marker, ReplayPacer, Session, SessionEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,12 +32,6 @@ if TYPE_CHECKING:
     from dgd.pcm import PcmFormat
 
 log = logging.getLogger("dgd.link")
-
-#: Deepgram throttles audio arriving faster than 1.25× real time (deepgram.md §5), so replay
-#: after an outage is paced at that speed: faster would only queue on the server.
-REPLAY_SPEED: Final = 1.25
-#: Audio that may go out at once before pacing applies (covers the gate's pre-roll burst).
-PACING_BURST_S: Final = 2.0
 
 
 class LinkFailure(Exception):
@@ -79,8 +73,6 @@ class LinkCounters:
     sent_s: float = 0.0
     keepalives: int = 0
     finalizes: int = 0
-    messages_out: int = 0
-    messages_in: int = 0
     unrecognized: int = 0
 
 
@@ -141,12 +133,11 @@ async def run_link(
 
 
 def _on_close(run: _Run, session: Session, exc: wsclient.Closed) -> None:
-    if session.state is SessionState.CLOSING and exc.code == 1000:
+    failure = session.closed(exc.code, exc.reason)
+    if failure is None:
         run.done()
-    elif exc.code == wsclient.ABNORMAL_CLOSURE:
-        run.fail(network_failure("the connection dropped without a close frame (1006)"))
     else:
-        run.fail(classify_close(parse_close(exc.code, exc.reason)))
+        run.fail(failure)
 
 
 async def _send_bytes(ws: wsclient.WebSocketPort, payload: bytes, timeout_s: float) -> None:
@@ -164,7 +155,7 @@ async def _sender(
 ) -> None:
     feed, outbox = ctx.feed, ctx.feed.outbox
     timeout_s = ctx.stream.ping_timeout_s
-    started_at = trio.current_time()
+    pacer = ReplayPacer(started_at=trio.current_time())
     try:
         while True:
             finishing = ctx.close_requested.is_set() or (
@@ -181,7 +172,6 @@ async def _sender(
                 _report_catchup(ctx)
             if item is None and finishing:
                 await _send_text(ws, session.close_stream(trio.current_time()), timeout_s)
-                ctx.counters.messages_out += 1
                 # The receiver ends the link when the stream is finished; a server that never
                 # finishes it must not hold the audio queued behind it.
                 await trio.sleep(ctx.stream.close_timeout_s)
@@ -196,16 +186,13 @@ async def _sender(
                 with trio.move_on_at(session.keepalive_due_at()):
                     await feed.wait_changed()
                     continue
-                text = session.handle_timer(trio.current_time())
-                if text is not None:
-                    await _send_text(ws, text, timeout_s)
-                    ctx.counters.keepalives += 1
-                    ctx.counters.messages_out += 1
+                await _keepalive_if_due(ws, session, ctx)
                 continue
             if isinstance(item, AudioFrame):
                 if not ctx.stopping.is_set():
-                    budget_s = PACING_BURST_S + (trio.current_time() - started_at) * REPLAY_SPEED
-                    wait_s = (session.timemap.sent_s + item.duration_s - budget_s) / REPLAY_SPEED
+                    wait_s = pacer.wait_s(
+                        trio.current_time(), session.timemap.sent_s, item.duration_s
+                    )
                     if wait_s > 0:
                         await _wait_or_keepalive(ws, session, ctx, wait_s)
                         continue
@@ -218,7 +205,6 @@ async def _sender(
                 outbox.take(session.timemap.sent_s)
                 await _send_text(ws, text, timeout_s)
                 ctx.counters.finalizes += 1
-            ctx.counters.messages_out += 1
     except wsclient.Closed as exc:
         _on_close(run, session, exc)
     except trio.TooSlowError:
@@ -249,10 +235,15 @@ async def _wait_or_keepalive(
     deadline = trio.current_time() + wait_s
     while trio.current_time() < deadline:
         await trio.sleep_until(min(deadline, session.keepalive_due_at()))
-        text = session.handle_timer(trio.current_time())
-        if text is not None:
-            await _send_text(ws, text, ctx.stream.ping_timeout_s)
-            ctx.counters.keepalives += 1
+        await _keepalive_if_due(ws, session, ctx)
+
+
+async def _keepalive_if_due(ws: wsclient.WebSocketPort, session: Session, ctx: LinkContext) -> None:
+    """The one keep-alive path: send ``KeepAlive`` if the session says one is due."""
+    text = session.handle_timer(trio.current_time())
+    if text is not None:
+        await _send_text(ws, text, ctx.stream.ping_timeout_s)
+        ctx.counters.keepalives += 1
 
 
 async def _receiver(
@@ -262,10 +253,9 @@ async def _receiver(
     try:
         while True:
             payload = await ws.receive()
-            ctx.counters.messages_in += 1
             for item in session.receive(payload):
                 _dispatch(item, session, ctx, outbox)
-            if session.state is SessionState.CLOSING and session.metadata is not None:
+            if session.finished:
                 run.done()
                 return
     except wsclient.Closed as exc:

@@ -37,6 +37,10 @@ REJECTION_TEXT_CHARS: Final = 200
 #: Largest handshake rejection body that is JSON-parsed; Deepgram's are ~150 bytes, while a
 #: proxy's HTML error page can be large and is only excerpted.
 MAX_REJECTION_BODY_BYTES: Final = 1 << 16
+#: A WebSocket close without a close frame (the TCP connection dropped; RFC 6455 §7.1.5).
+ABNORMAL_CLOSURE: Final = 1006
+#: The close code of a stream that ended as asked (after ``CloseStream``).
+NORMAL_CLOSURE: Final = 1000
 #: Query keys dgd derives from ``[audio]``; a duplicate from ``[deepgram.query]`` would conflict.
 AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
 

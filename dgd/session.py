@@ -13,17 +13,22 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
+from typing import Final
 
+from dgd.backoff import Failure, classify_close, network_failure
 from dgd.events import AudioFrame, TimedWord, Transcript
 from dgd.messages import (
+    ABNORMAL_CLOSURE,
     CLOSESTREAM_MESSAGE,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
+    NORMAL_CLOSURE,
     Metadata,
     SpeechStarted,
     TranscriptResult,
     Unrecognized,
     UtteranceEnd,
+    parse_close,
     parse_server_message,
 )
 from dgd.timemap import TimeMap
@@ -86,6 +91,7 @@ class Session:
         self.counters = SessionCounters()
         self.request_id = ""
         self.metadata: Metadata | None = None
+        self._metadata_after_close = False
         self._keepalive_interval_s = keepalive_interval_s
         self._last_sent_at = now
 
@@ -136,6 +142,27 @@ class Session:
         self._last_sent_at = now
         return KEEPALIVE_MESSAGE
 
+    @property
+    def finished(self) -> bool:
+        """The stream ended as asked: ``CloseStream`` was sent and ``Metadata`` came after it."""
+        return self.state is SessionState.CLOSING and self._metadata_after_close
+
+    def closed(self, code: int, reason: str) -> Failure | None:
+        """The connection closed with ``code`` and ``reason``.
+
+        Returns:
+            None when this is the graceful end of a stream dgd asked to close (1000 after
+            ``CloseStream``); otherwise the failure, classified for the supervisor (a 1000
+            dgd did not ask for means the stream ended early, e.g. after an empty frame).
+        """
+        graceful = self.state is SessionState.CLOSING and code == NORMAL_CLOSURE
+        self.state = SessionState.CLOSED
+        if graceful:
+            return None
+        if code == ABNORMAL_CLOSURE:
+            return network_failure("the connection dropped without a close frame (1006)")
+        return classify_close(parse_close(code, reason))
+
     def connection_lost(self) -> None:
         """The WebSocket is gone; nothing more can be sent."""
         self.state = SessionState.CLOSED
@@ -157,6 +184,9 @@ class Session:
             return self._on_result(message)
         if isinstance(message, Metadata):
             self.metadata = message
+            # Deepgram sends Metadata as its last message after CloseStream; one that came
+            # earlier (the API calls it periodic) does not end the stream.
+            self._metadata_after_close |= self.state is SessionState.CLOSING
             self.request_id = self.request_id or message.request_id
             return [message]
         if isinstance(message, UtteranceEnd):
@@ -209,6 +239,33 @@ class Session:
             ),
         )
         return events
+
+
+#: Deepgram throttles audio arriving faster than 1.25× real time (Deepgram's "Recovering from
+#: connection errors" page), so a replay after an outage is paced at that speed: faster would
+#: only queue on the server.
+REPLAY_SPEED: Final = 1.25
+#: Audio that may go out at once before pacing applies (covers the gate's pre-roll burst).
+PACING_BURST_S: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPacer:
+    """How long to wait before sending the next frame on a stream, so that audio never goes
+    out faster than ``speed`` × real time after the first ``burst_s``.
+
+    Attributes:
+        started_at: the monotonic time the stream opened.
+    """
+
+    started_at: float
+    speed: float = REPLAY_SPEED
+    burst_s: float = PACING_BURST_S
+
+    def wait_s(self, now: float, sent_s: float, next_s: float) -> float:
+        """Seconds to wait before sending ``next_s`` more audio after ``sent_s`` (0: now)."""
+        budget_s = self.burst_s + (now - self.started_at) * self.speed
+        return max(0.0, (sent_s + next_s - budget_s) / self.speed)
 
 
 class DuplicateFilter:

@@ -18,14 +18,16 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
+from dgd.messages import ABNORMAL_CLOSURE, MAX_MESSAGE_BYTES
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-#: Largest server message accepted. Deepgram's results are a few kB; the cap only has to
-#: keep one absurd message from costing memory, and the parser rejects >1 MiB cheaply.
-MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
-#: Abnormal closure: the connection ended without a close frame (RFC 6455 §7.4.1).
-ABNORMAL_CLOSURE: Final = 1006
+#: Largest server message the WebSocket layer accepts: 8 × the parser's limit
+#: (``dgd.messages.MAX_MESSAGE_BYTES``). A message between the two is read, refused by the
+#: parser cheaply and logged as unrecognized, and the stream goes on; only one beyond this
+#: closes the connection (1009), so that an absurd message cannot cost a Pi its memory.
+MAX_WIRE_MESSAGE_BYTES: Final = 8 * MAX_MESSAGE_BYTES
 
 
 class Rejected(Exception):
@@ -152,7 +154,7 @@ async def connect(
                     url,
                     ssl_context,
                     extra_headers=extra,
-                    max_message_size=MAX_MESSAGE_BYTES,
+                    max_message_size=MAX_WIRE_MESSAGE_BYTES,
                     connect_timeout=connect_timeout_s,
                     disconnect_timeout=disconnect_timeout_s,
                 )

@@ -26,6 +26,7 @@ from dgd.session import (
     DuplicateFilter,
     LocalProtocolError,
     Marker,
+    ReplayPacer,
     Session,
     SessionCounters,
     SessionState,
@@ -533,3 +534,53 @@ def test_duplicate_filter_accepts_the_first(is_final: bool) -> None:
     dedup = DuplicateFilter()
     assert dedup.accept(transcript(-5.0, is_final=is_final)) is True
     assert dedup.duplicates == 0
+
+
+# --- how a stream ends (the session decides) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("closing", "code", "reason", "expected"),
+    [
+        pytest.param(True, 1000, "", None, id="asked-and-normal"),
+        pytest.param(False, 1000, "", "closed-1000", id="normal-but-not-asked"),
+        pytest.param(True, 1011, "NET-0000 internal", "closed-1011", id="error-while-closing"),
+        pytest.param(False, 1006, "", "network", id="no-close-frame"),
+        pytest.param(False, 1008, "DATA-0000", "closed-1008", id="data-error"),
+    ],
+)
+def test_closed_says_graceful_or_how_it_failed(
+    closing: bool, code: int, reason: str, expected: str | None
+) -> None:
+    session = Session(keepalive_interval_s=4.0, now=0.0)
+    if closing:
+        session.close_stream(1.0)
+    failure = session.closed(code, reason)
+    assert (None if failure is None else failure.cause) == expected
+    assert session.state is SessionState.CLOSED
+
+
+def test_a_closing_stream_is_finished_when_metadata_arrives() -> None:
+    session = Session(keepalive_interval_s=4.0, now=0.0)
+    metadata = '{"type":"Metadata","request_id":"r","duration":1.0,"channels":1}'
+    session.receive(metadata)
+    assert not session.finished  # Metadata alone: the stream was not asked to close
+    session.close_stream(1.0)
+    assert not session.finished
+    session.receive(metadata)
+    assert session.finished
+
+
+@pytest.mark.parametrize(
+    ("now", "sent_s", "next_s", "expected_s"),
+    [
+        pytest.param(0.0, 0.0, 0.1, 0.0, id="first-frame-at-once"),
+        pytest.param(0.0, 1.9, 0.1, 0.0, id="within-the-burst"),
+        pytest.param(0.0, 2.0, 0.5, 0.4, id="past-the-burst"),
+        pytest.param(8.0, 8.0, 0.1, 0.0, id="live-audio-is-never-held"),
+        pytest.param(8.0, 12.0, 0.5, 0.4, id="backlog-at-1.25x"),
+    ],
+)
+def test_replay_pacer(now: float, sent_s: float, next_s: float, expected_s: float) -> None:
+    pacer = ReplayPacer(started_at=0.0)
+    assert pacer.wait_s(now, sent_s, next_s) == pytest.approx(expected_s)
