@@ -24,12 +24,15 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from dgd import wsclient
 from dgd.capture import (
-    CaptureThread,
+    AudioSource,
     DeviceError,
     Heartbeat,
+    OpenSource,
+    SourceSpec,
+    open_alsa,
     read_periods,
-    run_abandonable,
 )
 from dgd.config import ApiKey, Config, ConfigError
 from dgd.events import (
@@ -58,6 +61,7 @@ from dgd.session import DuplicateFilter
 from dgd.supervisor import Supervisor
 
 if TYPE_CHECKING:
+    import random
     from collections.abc import Callable
 
     from dgd.sdnotify import Notifier
@@ -129,6 +133,11 @@ class Daemon:
         reload_config: re-reads the config and the key for SIGHUP (None: SIGHUP only says
             READY again).
         sinks: where transcripts go (journald, JSONL).
+        open_source: the audio-source port (ALSA; tests pass an in-memory source).
+        connect: opens a WebSocket (``wsclient.connect``; tests pass an in-memory one).
+        clock: the monotonic clock the audio source stamps the heartbeat with (the ALSA
+            thread uses ``time.monotonic``; an in-memory source uses trio's clock).
+        rng: randomness for backoff jitter.
     """
 
     def __init__(
@@ -139,7 +148,13 @@ class Daemon:
         notifier: Notifier,
         reload_config: Callable[[], tuple[Config, ApiKey]] | None,
         sinks: TranscriptSinks,
+        open_source: OpenSource = open_alsa,
+        connect: wsclient.Connector = wsclient.connect,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
+        self._open_source = open_source
+        self._clock = clock
         self.config = config
         self.api_key = api_key
         self.notifier = notifier
@@ -166,8 +181,10 @@ class Daemon:
             config=lambda: self.config,
             api_key=lambda: self.api_key.value,
             set_status=self._set_link_status,
+            rng=rng,
+            connect=connect,
         )
-        self.capture: CaptureThread | None = None
+        self.capture: AudioSource | None = None
         self._capture_scope: trio.CancelScope | None = None
         self._first_capture_attempt = trio.Event()
         self._capture_idle = trio.Event()  # set while no capture thread runs
@@ -179,8 +196,9 @@ class Daemon:
         self._capture_state = CaptureState.STARTING
         self._waiting_for_device = False
         self._stop_requested_at: float | None = None  # a reopen asked the thread to stop
-        self._stuck_capture: CaptureThread | None = None  # abandoned, still holds the device
+        self._stuck_capture: AudioSource | None = None  # abandoned, still holds the device
         self._reload_requested = trio.Event()
+        self._stop_requested = False
         self.dropped_by_cause: dict[str, float] = {}
 
     # -- the task tree -------------------------------------------------------------------
@@ -215,10 +233,17 @@ class Daemon:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     self.request_reload()
-                elif self.stopping.is_set():
-                    event("stopping", "already stopping; %s ignored: finishing first", name)
                 else:
-                    root.start_soon(self._stop, name, root.cancel_scope)
+                    self.request_stop(name)
+
+    def request_stop(self, why: str) -> None:
+        """SIGTERM/SIGINT: shut down gracefully (once; a second request is logged and
+        ignored, so the results already received are still written)."""
+        if self._stop_requested or self._root is None:
+            event("stopping", "already stopping; %s ignored: finishing first", why)
+            return
+        self._stop_requested = True
+        self._root.start_soon(self._stop, why, self._root.cancel_scope)
 
     async def _stop(self, why: str, root_scope: trio.CancelScope) -> None:
         await self._shutdown(why)
@@ -262,26 +287,26 @@ class Daemon:
         A new thread is started only once the previous one has released the device (closed
         its PCM), so dgd never competes with itself for the device (``dgd.capture``).
         """
-        token = trio.lowlevel.current_trio_token()
         while not self.stopping.is_set():
             await self._capture_resume.wait()
             self._capture_idle = trio.Event()
-            capture = CaptureThread(
-                device=self.config.audio.device,
-                fmt=self.fmt,
-                pipeline=self.pipeline,
-                deliver=self._deliver,
-                on_opened=self._on_device_opened,
-                heartbeat=self.heartbeat,
-                trio_token=token,
-                periods_per_read=read_periods(self.fmt, self.config.stream.frame_ms),
+            capture = self._open_source(
+                SourceSpec(
+                    device=self.config.audio.device,
+                    fmt=self.fmt,
+                    pipeline=self.pipeline,
+                    deliver=self._deliver,
+                    on_opened=self._on_device_opened,
+                    heartbeat=self.heartbeat,
+                    periods_per_read=read_periods(self.fmt, self.config.stream.frame_ms),
+                )
             )
             self.capture = capture
             self._capture_scope = trio.CancelScope()
             failure: DeviceError | None = None
             try:
                 with self._capture_scope:
-                    await run_abandonable(capture.run)
+                    await capture.capture()
             except DeviceError as exc:
                 failure = exc
             finally:
@@ -294,7 +319,7 @@ class Daemon:
         self.feed.capture_done = True
         self.feed.poke()
 
-    async def _wait_released(self, capture: CaptureThread) -> None:
+    async def _wait_released(self, capture: AudioSource) -> None:
         """An abandoned thread still holds the device: wait for it before opening again.
 
         Nothing in-process can interrupt a call stuck inside alsa-lib or the driver, so the
@@ -470,7 +495,7 @@ class Daemon:
         ``REOPEN_AFTER_S``, and systemd restarts the service if that does not help.
         """
         beat = self.heartbeat
-        now = time.monotonic()
+        now = self._clock()
         facts = CaptureFacts(
             device_open=beat.opened,
             opened_at=beat.opened_at,

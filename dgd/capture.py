@@ -29,15 +29,14 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import alsaaudio
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from dgd.events import PipelineOutput
     from dgd.pcm import PcmFormat
     from dgd.pipeline import CapturePipeline
@@ -185,6 +184,70 @@ class Heartbeat:
     opened: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """What an audio source needs for one opening of the device.
+
+    Attributes:
+        device: the ALSA PCM name.
+        fmt: the capture format.
+        pipeline: assembly, gate and framing (shared across openings, one source at a time).
+        deliver: called in trio with each non-empty batch of pipeline output; must not block
+            or raise.
+        on_opened: called in trio once the device is open.
+        heartbeat: updated after every read.
+        periods_per_read: gate periods in one read (see ``read_periods``).
+    """
+
+    device: str
+    fmt: PcmFormat
+    pipeline: CapturePipeline
+    deliver: Callable[[list[PipelineOutput]], None]
+    on_opened: Callable[[], None]
+    heartbeat: Heartbeat
+    periods_per_read: int = 1
+
+
+class AudioSource(Protocol):
+    """The audio-source port: one opening of a device, from open to release.
+
+    The ALSA capture thread is one implementation (``open_alsa``); tests use an in-memory one
+    that runs in trio's virtual time.
+    """
+
+    device: str
+    #: Set once the device is released (closed, or never opened).
+    released: trio.Event
+
+    async def capture(self) -> None:
+        """Open the device and capture until ``stop()``; hand over the rest; release it.
+
+        Raises:
+            DeviceError: the device could not be opened or failed while capturing.
+        """
+
+    def stop(self) -> None:
+        """Ask ``capture`` to finish soon (it hands over what it has read first)."""
+
+
+#: Makes the source for one opening.
+OpenSource = Callable[[SourceSpec], AudioSource]
+
+
+def open_alsa(spec: SourceSpec) -> CaptureThread:
+    """The ALSA implementation of ``AudioSource`` for ``spec`` (call in trio)."""
+    return CaptureThread(
+        device=spec.device,
+        fmt=spec.fmt,
+        pipeline=spec.pipeline,
+        deliver=spec.deliver,
+        on_opened=spec.on_opened,
+        heartbeat=spec.heartbeat,
+        trio_token=trio.lowlevel.current_trio_token(),
+        periods_per_read=spec.periods_per_read,
+    )
+
+
 class CaptureThread:
     """The body of one capture thread, one opening of the device: open, read/gate/deliver
     until told to stop, hand over the rest, close.
@@ -229,6 +292,10 @@ class CaptureThread:
         """Ask the thread to hand over what it has read, close the PCM and end (it sees the
         request within two reads' time unless it is stuck inside alsa-lib)."""
         self.stop_requested.set()
+
+    async def capture(self) -> None:
+        """Run the thread (``run``) and wait for it; on cancellation, abandon it."""
+        await run_abandonable(self.run)
 
     def run(self) -> None:
         """Capture until ``stop()`` (in a worker thread).
