@@ -19,7 +19,6 @@ import logging
 import math
 import signal
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -37,27 +36,25 @@ from dgd.capture import (
 from dgd.config import ApiKey, Config, ConfigError
 from dgd.events import (
     AudioFrame,
-    DigitalSilence,
     FinalizeMarker,
     FormatChange,
     GateClosed,
     GateOpened,
-    InvalidBuffer,
-    Overrun,
     Period,
     PipelineOutput,
-    SignalReturned,
     Transcript,
 )
 from dgd.gate import Gate
 from dgd.health import CaptureFacts, CaptureHealth, CaptureState
 from dgd.link import LinkContext, OutboxFeed
 from dgd.logsetup import event, flush_repeats, set_level
+from dgd.notices import log_notice
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
 from dgd.pipeline import CapturePipeline
 from dgd.reload import plan_reload, refuse
 from dgd.session import DuplicateFilter
+from dgd.status import StatusBoard, duration_text
 from dgd.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -78,11 +75,6 @@ CAPTURE_STOP_GRACE_S: Final = 0.5
 MONITOR_TICK_S: Final = 1.0
 
 
-def _duration(seconds: float) -> str:
-    """``42 s`` or, from two minutes on, ``15.2 min`` (for STATUS=, read by people)."""
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
-
-
 def pcm_format(config: Config) -> PcmFormat:
     """The capture format the config asks for."""
     return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
@@ -98,29 +90,6 @@ def make_gate(config: Config, period_ms: int) -> Gate[Period]:
         hangover_ms=gate.hangover_ms,
         period_ms=period_ms,
     )
-
-
-@dataclass(slots=True)
-class StatusBoard:
-    """What ``STATUS=`` says, composed from the parts' states."""
-
-    device: str = "starting capture"
-    device_ok: bool = False
-    link: str = "connecting"
-    gate_open: bool = False
-    gate_mode: str = "energy"
-    gist: str = ""  # the counters in a few words, refreshed with every stats record
-
-    def render(self) -> str:
-        if not self.device_ok:
-            state = self.device
-        elif self.link != "streaming":
-            state = self.link
-        elif self.gate_mode == "energy" and not self.gate_open:
-            state = "gated: silence"
-        else:
-            state = "streaming"
-        return f"{state}; {self.gist}" if self.gist else state
 
 
 class Daemon:
@@ -377,9 +346,9 @@ class Daemon:
         self._device_retry_s = min(DEVICE_RETRY_MAX_S, self._device_retry_s * 2)
 
     def _deliver(self, outputs: list[PipelineOutput]) -> None:
-        """In trio: take a batch from the capture thread."""
+        """In trio: take a batch from the audio source (it must not block or raise)."""
         for item in outputs:
-            if isinstance(item, AudioFrame | FinalizeMarker):
+            if isinstance(item, AudioFrame | FinalizeMarker | FormatChange):
                 dropped = self.feed.put(item)
                 if dropped is not None:
                     self._count_drop("replay_buffer_full", dropped.seconds)
@@ -393,58 +362,11 @@ class Daemon:
                         repeat_key="replay-buffer-full",
                         dropped_s=f"{dropped.seconds:.2f}",
                     )
-            elif isinstance(item, GateOpened):
-                self.status.gate_open = True
-                event(
-                    "gate_open",
-                    "speech: level %.1f dBFS above threshold %.1f dBFS",
-                    item.level_dbfs,
-                    item.threshold_dbfs,
-                    level=logging.DEBUG,
-                    level_dbfs=f"{item.level_dbfs:.1f}",
-                )
+                continue
+            log_notice(item, self.config.audio.device)
+            if isinstance(item, GateOpened | GateClosed):
+                self.status.gate_open = isinstance(item, GateOpened)
                 self._publish_status()
-            elif isinstance(item, GateClosed):
-                self.status.gate_open = False
-                event("gate_close", "silence: gate closed", level=logging.DEBUG)
-                self._publish_status()
-            elif isinstance(item, DigitalSilence):
-                event(
-                    "digital_silence",
-                    'audio device "%s" has delivered only exact zeros for %.0f s: the input is '
-                    "muted or dead (check `alsamixer` capture levels and the microphone), not "
-                    "just a quiet room",
-                    self.config.audio.device,
-                    item.duration_s,
-                    level=logging.WARNING,
-                )
-            elif isinstance(item, SignalReturned):
-                event(
-                    "signal_returned",
-                    "input signal is back after %.0f s of digital silence",
-                    item.silent_s,
-                )
-            elif isinstance(item, InvalidBuffer):
-                event(
-                    "invalid_buffer",
-                    "dropped a capture buffer of %d bytes, not a whole number of %d-byte "
-                    "sample frames: never sent (the audio driver returned a broken read)",
-                    item.length_bytes,
-                    item.frame_bytes,
-                    level=logging.WARNING,
-                    repeat_key="invalid-buffer",
-                )
-            elif isinstance(item, Overrun):
-                event(
-                    "overrun",
-                    'audio device "%s" overran: the kernel dropped audio before dgd could read '
-                    "it (the CPU was too busy, or the capture thread was held up); capture "
-                    "goes on",
-                    self.config.audio.device,
-                    level=logging.WARNING,
-                    repeat_key="overrun",
-                    partial_bytes_dropped=item.partial_bytes_dropped,
-                )
 
     def _count_drop(self, cause: str, seconds: float) -> None:
         self.dropped_by_cause[cause] = self.dropped_by_cause.get(cause, 0.0) + seconds
@@ -570,8 +492,8 @@ class Daemon:
     def _log_stats(self) -> None:
         fields = self._stats_fields()
         self.status.gist = (
-            f"sent {_duration(self.link.counters.sent_s)} of "
-            f"{_duration(self.pipeline.counters.periods_captured * self.fmt.period_ms / 1000)} "
+            f"sent {duration_text(self.link.counters.sent_s)} of "
+            f"{duration_text(self.pipeline.counters.periods_captured * self.fmt.period_ms / 1000)} "
             f"captured, {fields['dropped_s']} s dropped, {fields['connects']} connection(s)"
         )
         self._publish_status()

@@ -20,6 +20,7 @@ CORE_MODULES = [
     "dgd.pipeline",
     "dgd.health",
     "dgd.reload",
+    "dgd.status",
     "dgd.timemap",
     "dgd.outbox",
     "dgd.messages",
