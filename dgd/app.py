@@ -25,13 +25,8 @@ import trio
 
 from dgd import wsclient
 from dgd.capture import (
-    AudioSource,
-    DeviceError,
-    Heartbeat,
     OpenSource,
-    SourceSpec,
     open_alsa,
-    read_periods,
 )
 from dgd.config import ApiKey, Config, ConfigError
 from dgd.events import (
@@ -45,16 +40,17 @@ from dgd.events import (
     Transcript,
 )
 from dgd.gate import Gate
-from dgd.health import CaptureFacts, CaptureHealth, CaptureState
 from dgd.link import LinkContext, OutboxFeed
 from dgd.logsetup import event, flush_repeats, set_level
+from dgd.microphone import Microphone
 from dgd.notices import log_notice
 from dgd.outbox import Outbox
 from dgd.pcm import PcmFormat
 from dgd.pipeline import CapturePipeline
 from dgd.reload import plan_reload, refuse
 from dgd.session import DuplicateFilter
-from dgd.status import StatusBoard, duration_text
+from dgd.stats import StatsRecord
+from dgd.status import StatusBoard
 from dgd.supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -66,11 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dgd.app")
 
-#: Device reopen backoff: first retry, ceiling.
-DEVICE_RETRY_INITIAL_S: Final = 0.5
-DEVICE_RETRY_MAX_S: Final = 10.0
-#: How long shutdown waits for the capture thread to hand over its last partial frame.
-CAPTURE_STOP_GRACE_S: Final = 0.5
 #: The monitor's tick: stall detection resolution and STATUS refresh.
 MONITOR_TICK_S: Final = 1.0
 
@@ -78,6 +69,15 @@ MONITOR_TICK_S: Final = 1.0
 def pcm_format(config: Config) -> PcmFormat:
     """The capture format the config asks for."""
     return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
+
+
+def make_pipeline(config: Config) -> CapturePipeline:
+    """The capture pipeline for the config's format, gate and frame size."""
+    pipeline = CapturePipeline(
+        pcm_format(config), make_gate(config, config.audio.period_ms), config.stream.frame_ms
+    )
+    pipeline.finalize_on_close = config.gate.mode != "shadow"
+    return pipeline
 
 
 def make_gate(config: Config, period_ms: int) -> Gate[Period]:
@@ -122,20 +122,12 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._open_source = open_source
-        self._clock = clock
         self.config = config
         self.api_key = api_key
         self.notifier = notifier
         self._reload_config = reload_config
         self.sinks = sinks
-        self.fmt = pcm_format(config)
-        self.pipeline = CapturePipeline(
-            self.fmt, make_gate(config, config.audio.period_ms), config.stream.frame_ms
-        )
-        self.pipeline.finalize_on_close = config.gate.mode != "shadow"
-        self.heartbeat = Heartbeat()
-        self.feed = OutboxFeed(Outbox(self.fmt, config.stream.replay_buffer_s))
+        self.feed = OutboxFeed(Outbox(pcm_format(config), config.stream.replay_buffer_s))
         self.duplicates = DuplicateFilter()
         self.stopping = trio.Event()
         self.link = LinkContext(
@@ -153,19 +145,17 @@ class Daemon:
             rng=rng,
             connect=connect,
         )
-        self.capture: AudioSource | None = None
-        self._capture_scope: trio.CancelScope | None = None
-        self._first_capture_attempt = trio.Event()
-        self._capture_idle = trio.Event()  # set while no capture thread runs
-        self._capture_resume = trio.Event()  # cleared while an audio reload holds capture
-        self._capture_resume.set()
+        self.mic = Microphone(
+            config=lambda: self.config,
+            pipeline=make_pipeline(config),
+            deliver=self._deliver,
+            status=self.status,
+            publish_status=self._publish_status,
+            open_source=open_source,
+            clock=clock,
+            stopping=self.stopping,
+        )
         self._root: trio.Nursery | None = None
-        self._device_retry_s = DEVICE_RETRY_INITIAL_S
-        self.health = CaptureHealth()
-        self._capture_state = CaptureState.STARTING
-        self._waiting_for_device = False
-        self._stop_requested_at: float | None = None  # a reopen asked the thread to stop
-        self._stuck_capture: AudioSource | None = None  # abandoned, still holds the device
         self._reload_requested = trio.Event()
         self._stop_requested = False
         self.dropped_by_cause: dict[str, float] = {}
@@ -177,11 +167,11 @@ class Daemon:
         async with trio.open_nursery() as root:
             self._root = root
             root.start_soon(self._signals, root)
-            root.start_soon(self._capture_task)
+            root.start_soon(self.mic.run)
             supervisor_done = trio.Event()
             self._supervisor_done = supervisor_done
             root.start_soon(self._supervisor_task, supervisor_done)
-            await self._first_capture_attempt.wait()
+            await self.mic.first_attempt.wait()
             self.notifier.ready(self.status.render())
             event("started", "dgd is running: %s", self.status.render())
             root.start_soon(self._monitor)
@@ -224,12 +214,7 @@ class Daemon:
         event("stopping", "stopping on %s: finishing within %.1f s", why, close_timeout_s)
         self.stopping.set()
         deadline = trio.current_time() + close_timeout_s
-        if self.capture is not None:
-            self.capture.stop()
-        with trio.move_on_after(CAPTURE_STOP_GRACE_S):
-            await self._capture_idle.wait()
-        if not self._capture_idle.is_set() and self._capture_scope is not None:
-            self._capture_scope.cancel()  # stuck inside alsa-lib: abandon it
+        await self.mic.stop()
         self.feed.capture_done = True
         self.feed.poke()
         with trio.move_on_at(deadline):
@@ -245,105 +230,9 @@ class Daemon:
                 level=logging.WARNING,
                 untranscribed_s=f"{untranscribed_s:.2f}",
             )
-        event("stopped", "dgd stopped", fields_map=self._stats_fields())
+        event("stopped", "dgd stopped", fields_map=self.statistics().fields())
 
     # -- capture -------------------------------------------------------------------------
-
-    async def _capture_task(self) -> None:
-        """Keep one capture thread running; open the device again whenever it fails, or the
-        monitor asks for a reopen after a stall.
-
-        A new thread is started only once the previous one has released the device (closed
-        its PCM), so dgd never competes with itself for the device (``dgd.capture``).
-        """
-        while not self.stopping.is_set():
-            await self._capture_resume.wait()
-            self._capture_idle = trio.Event()
-            capture = self._open_source(
-                SourceSpec(
-                    device=self.config.audio.device,
-                    fmt=self.fmt,
-                    pipeline=self.pipeline,
-                    deliver=self._deliver,
-                    on_opened=self._on_device_opened,
-                    heartbeat=self.heartbeat,
-                    periods_per_read=read_periods(self.fmt, self.config.stream.frame_ms),
-                )
-            )
-            self.capture = capture
-            self._capture_scope = trio.CancelScope()
-            failure: DeviceError | None = None
-            try:
-                with self._capture_scope:
-                    await capture.capture()
-            except DeviceError as exc:
-                failure = exc
-            finally:
-                self._stop_requested_at = None
-                self._capture_idle.set()
-            if not capture.released.is_set() and not self.stopping.is_set():
-                await self._wait_released(capture)
-            if failure is not None:
-                await self._device_failed(failure)
-        self.feed.capture_done = True
-        self.feed.poke()
-
-    async def _wait_released(self, capture: AudioSource) -> None:
-        """An abandoned thread still holds the device: wait for it before opening again.
-
-        Nothing in-process can interrupt a call stuck inside alsa-lib or the driver, so the
-        watchdog stays unpetted meanwhile (``dgd.health``) and systemd restarts dgd if the
-        thread never lets go.
-        """
-        self._stuck_capture = capture
-        event(
-            "capture_stuck",
-            'the capture thread is stuck inside the audio driver and still holds audio device "%s"'
-            ": dgd cannot reopen it while it does; the watchdog is no longer fed, so systemd "
-            "restarts dgd (WatchdogSec) unless the driver lets go first",
-            capture.device,
-            level=logging.ERROR,
-            device=capture.device,
-        )
-        self.status.device_ok = False
-        self.status.device = f'capture stuck in the driver for audio device "{capture.device}"'
-        self._publish_status()
-        await capture.released.wait()
-        self._stuck_capture = None
-        event("capture_released", 'the stuck capture thread released "%s"', capture.device)
-
-    def _on_device_opened(self) -> None:
-        device = self.config.audio.device
-        if not self.status.device_ok:
-            event("device_opened", 'audio device "%s" opened; capturing', device, device=device)
-        self._device_retry_s = DEVICE_RETRY_INITIAL_S
-        self._waiting_for_device = False
-        self.status.device_ok = True
-        self.status.device = "capturing"
-        self._first_capture_attempt.set()
-        self._publish_status()
-
-    async def _device_failed(self, exc: DeviceError) -> None:
-        was_ok = self.status.device_ok
-        self._waiting_for_device = True
-        self.status.device_ok = False
-        self.status.device = f'waiting for audio device "{exc.device}"'
-        name = "device_lost" if was_ok else "device_unavailable"
-        event(
-            name,
-            "%s; retrying in %.1f s",
-            exc,
-            self._device_retry_s,
-            level=logging.ERROR,
-            repeat_key=f"device:{exc.problem.value}",
-            device=exc.device,
-            problem=exc.problem.value,
-        )
-        self._first_capture_attempt.set()
-        self._publish_status()
-        with trio.move_on_after(self._device_retry_s):
-            await self.stopping.wait()
-        self._device_retry_s = min(DEVICE_RETRY_MAX_S, self._device_retry_s * 2)
 
     def _deliver(self, outputs: list[PipelineOutput]) -> None:
         """In trio: take a batch from the audio source (it must not block or raise)."""
@@ -394,7 +283,7 @@ class Daemon:
         next_stats = trio.current_time() + self._stats_interval_s()
         while True:
             now = trio.current_time()
-            healthy = self._check_capture()
+            healthy = self.mic.check()
             if watchdog_s and healthy and now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog_s
@@ -408,108 +297,31 @@ class Daemon:
         interval = self.config.output.stats_interval_s
         return interval if interval > 0 else math.inf
 
-    def _check_capture(self) -> bool:
-        """Act on the capture health verdict (``dgd.health``); True if the watchdog may be fed.
-
-        A missing or unplugged microphone is not a fault a restart can fix, so the daemon keeps
-        petting the watchdog while it waits (and says so in STATUS=). A capture that is open but
-        delivers nothing is stalled: the watchdog stops, the device is reopened after
-        ``REOPEN_AFTER_S``, and systemd restarts the service if that does not help.
-        """
-        beat = self.heartbeat
-        now = self._clock()
-        facts = CaptureFacts(
-            device_open=beat.opened,
-            opened_at=beat.opened_at,
-            last_audio_at=beat.last_period_at,
-            waiting_for_device=self._waiting_for_device,
-            stop_requested_at=self._stop_requested_at,
-            thread_stuck=self._stuck_capture is not None,
+    def statistics(self) -> StatsRecord:
+        """The daemon's counters, composed from its parts."""
+        pipeline = self.mic.pipeline.counters
+        period_s = self.mic.pipeline.fmt.period_ms / 1000
+        return StatsRecord(
+            captured_s=pipeline.periods_captured * period_s,
+            sent_s=self.link.counters.sent_s,
+            gated_s=pipeline.periods_gated * period_s,
+            replayed_s=self.feed.outbox.replayed_s,
+            overruns=self.mic.heartbeat.overruns,
+            invalid_buffers=pipeline.invalid_buffers,
+            keepalives=self.link.counters.keepalives,
+            finalizes=self.link.counters.finalizes,
+            connects=self.supervisor.counters.connects,
+            duplicates=self.duplicates.duplicates,
+            transcripts=self.sinks.written,
+            dropped_by_cause_s=dict(self.dropped_by_cause),
+            reconnects_by_cause=dict(self.supervisor.counters.reconnects_by_cause),
         )
-        verdict = self.health.assess(facts, now)
-        previous, self._capture_state = self._capture_state, verdict.state
-        device = self.config.audio.device
-        if verdict.state is CaptureState.FLOWING and previous in (
-            CaptureState.STALLED,
-            CaptureState.STUCK,
-        ):
-            event("device_resumed", 'audio device "%s" delivers audio again', device)
-            self.status.device = "capturing"
-            self.status.device_ok = True
-            self._publish_status()
-        elif verdict.state is CaptureState.STALLED and previous is not CaptureState.STALLED:
-            event(
-                "device_stalled",
-                'audio device "%s" stopped delivering audio; reopening it after %.0f s if it '
-                "does not resume (the watchdog is no longer fed)",
-                device,
-                self.health.reopen_after_s,
-                level=logging.ERROR,
-                device=device,
-            )
-            self.status.device_ok = False
-            self.status.device = f'audio device "{device}" stalled'
-            self._publish_status()
-        if verdict.reopen and self.capture is not None:
-            event(
-                "device_reopen",
-                'audio device "%s" delivered nothing for %.0f s: closing and opening it again',
-                device,
-                verdict.stalled_s,
-                level=logging.WARNING,
-                device=device,
-            )
-            self._stop_requested_at = now
-            self.capture.stop()
-        if verdict.abandon and self._capture_scope is not None:
-            self._stop_requested_at = None
-            self._capture_scope.cancel()  # _capture_task then waits for the device's release
-        return verdict.pet_watchdog
-
-    def _stats_fields(self) -> dict[str, object]:
-        counters = self.pipeline.counters
-        period_s = self.fmt.period_ms / 1000
-        fields: dict[str, object] = {
-            "captured_s": f"{counters.periods_captured * period_s:.1f}",
-            "sent_s": f"{self.link.counters.sent_s:.1f}",
-            "gated_s": f"{counters.periods_gated * period_s:.1f}",
-            "replayed_s": f"{self.feed.outbox.replayed_s:.1f}",
-            "dropped_s": f"{sum(self.dropped_by_cause.values()):.1f}",
-            "overruns": self.heartbeat.overruns,
-            "invalid_buffers": counters.invalid_buffers,
-            "keepalives": self.link.counters.keepalives,
-            "finalizes": self.link.counters.finalizes,
-            "connects": self.supervisor.counters.connects,
-            "duplicates": self.duplicates.duplicates,
-            "transcripts": self.sinks.written,
-        }
-        for cause, seconds in self.dropped_by_cause.items():
-            fields[f"dropped_{cause}_s"] = f"{seconds:.1f}"
-        for cause, count in self.supervisor.counters.reconnects_by_cause.items():
-            fields[f"reconnects_{cause.replace('-', '_')}"] = count
-        return fields
 
     def _log_stats(self) -> None:
-        fields = self._stats_fields()
-        self.status.gist = (
-            f"sent {duration_text(self.link.counters.sent_s)} of "
-            f"{duration_text(self.pipeline.counters.periods_captured * self.fmt.period_ms / 1000)} "
-            f"captured, {fields['dropped_s']} s dropped, {fields['connects']} connection(s)"
-        )
+        stats = self.statistics()
+        self.status.gist = stats.gist()
         self._publish_status()
-        event(
-            "stats",
-            "captured %s s, sent %s s, gated %s s, replayed %s s, dropped %s s, "
-            "%s keep-alives, %s transcripts",
-            fields["captured_s"],
-            fields["sent_s"],
-            fields["gated_s"],
-            fields["replayed_s"],
-            fields["dropped_s"],
-            fields["keepalives"],
-            fields["transcripts"],
-            fields_map=fields,
-        )
+        event("stats", "%s", stats.summary(), fields_map=stats.fields())
 
     # -- reload --------------------------------------------------------------------------
 
@@ -569,17 +381,17 @@ class Daemon:
         """Gate, output, stream and log settings take effect at once."""
         if new.gate != old.gate:
             gate = new.gate
-            self.pipeline.gate.reconfigure(
+            self.mic.pipeline.gate.reconfigure(
                 mode=gate.mode,
                 threshold_dbfs=gate.threshold_dbfs,
                 preroll_ms=gate.preroll_ms,
                 hangover_ms=gate.hangover_ms,
             )
             self.status.gate_mode = gate.mode
-            self.pipeline.finalize_on_close = gate.mode != "shadow"
+            self.mic.pipeline.finalize_on_close = gate.mode != "shadow"
         self.sinks.reconfigure(new.output)
         self.link.stream = new.stream
-        self.pipeline.set_frame_ms(new.stream.frame_ms)
+        self.mic.pipeline.set_frame_ms(new.stream.frame_ms)
         self.feed.outbox.replay_buffer_s = new.stream.replay_buffer_s
         self.supervisor.apply_stream_config()
         set_level(new.log.level)
@@ -591,6 +403,9 @@ class Daemon:
             self.link.close_requested.set()
             self.feed.poke()
 
+    def _format_changed(self, fmt: PcmFormat) -> None:
+        self.feed.put(FormatChange(fmt))
+
     async def _reopen_capture(self) -> None:
         """Open capture again with the ``[audio]`` now in ``self.config``.
 
@@ -600,23 +415,9 @@ class Daemon:
         next handshake declares the new format (``dgd.link``, ``dgd.supervisor``).
         """
         audio = self.config.audio
-        self._capture_resume = trio.Event()
-        if self.capture is not None:
-            self.capture.stop()
-        with trio.move_on_after(CAPTURE_STOP_GRACE_S):
-            await self._capture_idle.wait()
-        if not self._capture_idle.is_set() and self._capture_scope is not None:
-            self._capture_scope.cancel()  # stuck: the capture task waits for the release
         new_fmt = pcm_format(self.config)
-        if new_fmt != self.fmt:
-            self.fmt = new_fmt
-            self.pipeline = CapturePipeline(
-                new_fmt, make_gate(self.config, audio.period_ms), self.config.stream.frame_ms
-            )
-            self.pipeline.finalize_on_close = self.config.gate.mode != "shadow"
-            self.feed.put(FormatChange(new_fmt))
-        self.status.device_ok = False
-        self.status.device = f'opening audio device "{audio.device}"'
+        new_pipeline = make_pipeline(self.config) if new_fmt != self.mic.pipeline.fmt else None
+        await self.mic.reopen(new_pipeline, before_resuming=self._format_changed)
         event(
             "reload_audio",
             'capture reopens: device "%s", %d Hz, %d channel(s), %d ms periods',
@@ -625,4 +426,3 @@ class Daemon:
             audio.channels,
             audio.period_ms,
         )
-        self._capture_resume.set()

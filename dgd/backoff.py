@@ -186,3 +186,31 @@ class RetryPolicy:
         self.attempt = 0
         self._rate_limited_streak = 0
         self._connected_at = None
+
+
+#: An absent or busy microphone is tried again after this long at first, ...
+DEVICE_RETRY_INITIAL_S: Final = 0.5
+#: ... doubling up to this: a replugged USB microphone is back within 10 s.
+DEVICE_RETRY_MAX_S: Final = 10.0
+
+
+class DeviceRetry:
+    """When to try opening an absent or busy audio device again: doubling delays, capped, no
+    jitter (one device, one process: nothing to spread out). Reset when it opens."""
+
+    def __init__(
+        self, initial_s: float = DEVICE_RETRY_INITIAL_S, max_s: float = DEVICE_RETRY_MAX_S
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self.next_s = initial_s
+
+    def failed(self) -> float:
+        """An attempt failed: the delay before the next one."""
+        delay_s = self.next_s
+        self.next_s = min(self.max_s, self.next_s * 2)
+        return delay_s
+
+    def opened(self) -> None:
+        """The device opened: the next failure starts from the first delay again."""
+        self.next_s = self.initial_s

@@ -21,6 +21,7 @@ CORE_MODULES = [
     "dgd.health",
     "dgd.reload",
     "dgd.status",
+    "dgd.stats",
     "dgd.timemap",
     "dgd.outbox",
     "dgd.messages",

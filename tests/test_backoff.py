@@ -13,6 +13,7 @@ import pytest
 from dgd.backoff import (
     RATE_LIMITED_MAX_S,
     STABLE_CONNECTION_S,
+    DeviceRetry,
     Failure,
     RetryPolicy,
     Verdict,
@@ -423,3 +424,10 @@ def test_policy_settings_are_public_for_reload() -> None:
     retry.max_s = 2.0
     r = draws(3)
     assert [retry.failed(TRANSIENT, 0.0) for _ in range(3)] == [1.0 * r[0], 2.0 * r[1], 2.0 * r[2]]
+
+
+def test_device_retry_doubles_to_the_cap_and_starts_over_when_opened() -> None:
+    retry = DeviceRetry()
+    assert [retry.failed() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    retry.opened()
+    assert retry.failed() == 0.5

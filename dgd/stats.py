@@ -1,0 +1,70 @@
+"""The stats record: the daemon's counters in one frozen value, as journal fields and as the
+gist ``STATUS=`` shows. This module does no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dgd.status import duration_text
+
+
+@dataclass(frozen=True, slots=True)
+class StatsRecord:
+    """Totals since the daemon started (seconds of audio, counts)."""
+
+    captured_s: float
+    sent_s: float
+    gated_s: float
+    replayed_s: float
+    overruns: int
+    invalid_buffers: int
+    keepalives: int
+    finalizes: int
+    connects: int
+    duplicates: int
+    transcripts: int
+    dropped_by_cause_s: dict[str, float] = field(default_factory=dict)
+    reconnects_by_cause: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_s(self) -> float:
+        """Audio that had to be dropped, all causes."""
+        return sum(self.dropped_by_cause_s.values())
+
+    def fields(self) -> dict[str, object]:
+        """The ``DGD_*`` journal fields (names without the prefix)."""
+        fields: dict[str, object] = {
+            "captured_s": f"{self.captured_s:.1f}",
+            "sent_s": f"{self.sent_s:.1f}",
+            "gated_s": f"{self.gated_s:.1f}",
+            "replayed_s": f"{self.replayed_s:.1f}",
+            "dropped_s": f"{self.dropped_s:.1f}",
+            "overruns": self.overruns,
+            "invalid_buffers": self.invalid_buffers,
+            "keepalives": self.keepalives,
+            "finalizes": self.finalizes,
+            "connects": self.connects,
+            "duplicates": self.duplicates,
+            "transcripts": self.transcripts,
+        }
+        for cause, seconds in self.dropped_by_cause_s.items():
+            fields[f"dropped_{cause}_s"] = f"{seconds:.1f}"
+        for cause, count in self.reconnects_by_cause.items():
+            fields[f"reconnects_{cause.replace('-', '_')}"] = count
+        return fields
+
+    def gist(self) -> str:
+        """The counters in a few words, for ``STATUS=``."""
+        return (
+            f"sent {duration_text(self.sent_s)} of {duration_text(self.captured_s)} captured, "
+            f"{self.dropped_s:.1f} s dropped, {self.connects} connection(s)"
+        )
+
+    def summary(self) -> str:
+        """The ``stats`` event's message."""
+        return (
+            f"captured {self.captured_s:.1f} s, sent {self.sent_s:.1f} s, gated "
+            f"{self.gated_s:.1f} s, replayed {self.replayed_s:.1f} s, dropped "
+            f"{self.dropped_s:.1f} s, {self.keepalives} keep-alives, "
+            f"{self.transcripts} transcripts"
+        )
