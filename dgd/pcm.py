@@ -7,7 +7,6 @@ what dgd captures and what Deepgram's ``encoding=linear16`` expects. This module
 from __future__ import annotations
 
 import math
-import operator
 import sys
 import warnings
 from array import array
@@ -19,12 +18,13 @@ if TYPE_CHECKING:
 
 
 def _import_audioop() -> ModuleType | None:
-    """The standard library's audioop (C), deprecated in 3.11 and gone in 3.13."""
+    """The standard library's audioop (C), deprecated in 3.11 and gone in 3.13 (where the
+    audioop-lts port, Debian's python3-audioop-lts, provides the same module if installed)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             import audioop
-        except ImportError:  # Python 3.13+ (Debian 13): the pure-Python path is used
+        except ImportError:  # Python 3.13+ (Debian 13): math.hypot is used instead
             return None
     return audioop
 
@@ -37,6 +37,8 @@ FULL_SCALE: Final = 32768.0
 #: and a finite floor keeps arithmetic (averages, noise-floor tracking) well defined.
 SILENCE_DBFS: Final = -120.0
 _NEEDS_BYTESWAP: Final = sys.byteorder != "little"
+#: Which implementation ``level_dbfs`` uses here (for benchmarks and diagnostics).
+LEVEL_PATH: Final = "audioop" if _AUDIOOP is not None and not _NEEDS_BYTESWAP else "math.hypot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +98,29 @@ def level_dbfs(data: bytes) -> float:
     """RMS level of S16_LE audio in dBFS (0 dBFS = a full-scale square wave).
 
     All channels count alike. Digital silence (and empty input) returns ``SILENCE_DBFS``.
-    With audioop (Python ≤ 3.12) it costs about 2–4 µs for a 20 ms period at 16 kHz;
-    otherwise ``sum(map(mul, a, a))`` keeps the loop in C at about 18 µs. It runs 50 times a
-    second, so this matters on a Pi Zero.
+    It runs 50 times a second in the capture thread, so its cost matters on a Pi Zero: with
+    audioop (Python ≤ 3.12, or audioop-lts) it takes three C calls; without (Python 3.13,
+    Debian 13) ``math.hypot`` does the sum of squares in C, once the samples are Python
+    ints (bench/level_cost.py and docs/PERFORMANCE.md have the figures).
     """
     if _AUDIOOP is not None and not _NEEDS_BYTESWAP and data and len(data) % 2 == 0:
         return _level_audioop(_AUDIOOP, data)
+    return _level_hypot(data)
+
+
+def _level_hypot(data: bytes) -> float:
+    # hypot(*a) = sqrt(sum of squares), computed in C with an error below 1 ulp and no
+    # Python-level multiply or add per sample. On Python 3.13 it takes 0.42 × the
+    # instructions of the previous sum(map(mul, a, a)) and 0.69 × those of
+    # math.sumprod(a, a) (bench/level_cost.py); making the 320 int objects is most of the
+    # rest, which is why it stays about 3.5 × audioop (docs/PERFORMANCE.md).
     decoded = samples(data)
     if not decoded:
         return SILENCE_DBFS
-    energy = sum(map(operator.mul, decoded, decoded))
-    if energy == 0:
+    norm = math.hypot(*decoded)
+    if norm == 0.0:
         return SILENCE_DBFS
-    rms = math.sqrt(energy / len(decoded))
+    rms = norm / math.sqrt(len(decoded))
     return max(SILENCE_DBFS, 20.0 * math.log10(rms / FULL_SCALE))
 
 
@@ -131,4 +143,6 @@ def _level_audioop(audioop: ModuleType, data: bytes) -> float:
 
 def is_digital_silence(data: bytes) -> bool:
     """True when every byte is zero: a muted mixer or a dead input, not a quiet room."""
-    return not any(data)
+    # bytes.count runs in C (any() makes a Python int per byte: 10× slower on a silent
+    # period); the first byte rules out nearly every other period without counting.
+    return not data or (data[0] == 0 and data.count(0) == len(data))

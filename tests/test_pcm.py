@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+from dgd import pcm
 from dgd.pcm import (
     FULL_SCALE,
     SAMPLE_WIDTH_BYTES,
@@ -92,6 +93,13 @@ LEVEL_TOLERANCE_DB = 0.005
 @pytest.mark.parametrize(("data", "expected"), LEVEL_CASES)
 def test_level_dbfs_exact(data: bytes, expected: float) -> None:
     assert level_dbfs(data) == pytest.approx(expected, abs=LEVEL_TOLERANCE_DB)
+
+
+@pytest.mark.parametrize(("data", "expected"), LEVEL_CASES)
+def test_level_without_audioop_is_exact(data: bytes, expected: float) -> None:
+    # The math.hypot path, which level_dbfs takes where there is no audioop (Python 3.13,
+    # Debian 13), checked on every interpreter; it does not truncate, so it is exact.
+    assert pcm._level_hypot(data) == pytest.approx(expected, abs=1e-9)
 
 
 def test_level_of_half_scale_is_minus_6_02() -> None:
