@@ -149,12 +149,15 @@ class FifoMic:
     # ---- the caller's side -------------------------------------------------------------
 
     def play(self, data: bytes) -> int:
-        """Queue ``data`` (zero-padded to whole periods) and return its stream offset.
+        """Queue ``data`` (zero-padded to whole writes) and return its stream offset.
 
         The offset is exact: audio queued earlier plays first, and silence fills only the time
         when the queue is empty, so ``returned offset + i`` is where byte ``i`` of ``data`` goes.
+        Every write is a whole chunk: a short one would make the reader's whole-period read
+        come up short, and alsa-lib's ``file`` plugin then returns the period anyway, its rest
+        being stale memory (on Python 3.13, loud enough to open the gate).
         """
-        padded = bytes(data) + bytes(-len(data) % self.period_bytes)
+        padded = bytes(data) + bytes(-len(data) % self.chunk_bytes)
         with self._lock:
             start = self._assigned + len(self._pending)
             self._pending += padded
