@@ -247,6 +247,8 @@ class Session:
 REPLAY_SPEED: Final = 1.25
 #: Audio that may go out at once before pacing applies (covers the gate's pre-roll burst).
 PACING_BURST_S: Final = 2.0
+#: Shorter pacing waits are not waited for.
+PACING_RESOLUTION_S: Final = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,9 +265,14 @@ class ReplayPacer:
     burst_s: float = PACING_BURST_S
 
     def wait_s(self, now: float, sent_s: float, next_s: float) -> float:
-        """Seconds to wait before sending ``next_s`` more audio after ``sent_s`` (0: now)."""
+        """Seconds to wait before sending ``next_s`` more audio after ``sent_s`` (0: now).
+
+        A wait under ``PACING_RESOLUTION_S`` is 0: it is not worth a wake-up, and a wait
+        that rounds away when added to ``now`` would never elapse (the sender would spin).
+        """
         budget_s = self.burst_s + (now - self.started_at) * self.speed
-        return max(0.0, (sent_s + next_s - budget_s) / self.speed)
+        wait_s = (sent_s + next_s - budget_s) / self.speed
+        return wait_s if wait_s >= PACING_RESOLUTION_S else 0.0
 
 
 class DuplicateFilter:

@@ -584,3 +584,12 @@ def test_a_closing_stream_is_finished_when_metadata_arrives() -> None:
 def test_replay_pacer(now: float, sent_s: float, next_s: float, expected_s: float) -> None:
     pacer = ReplayPacer(started_at=0.0)
     assert pacer.wait_s(now, sent_s, next_s) == pytest.approx(expected_s)
+
+
+def test_replay_pacer_never_asks_for_a_wait_that_rounds_away() -> None:
+    """A wait of 1e-17 s added to a clock reading of 1000 s is no wait at all: the sender
+    would loop without ever sleeping (seen as a hang in virtual time)."""
+    pacer = ReplayPacer(started_at=0.0)
+    budget_s = 2.0 + 1000.0 * 1.25
+    assert pacer.wait_s(1000.0, budget_s - 0.1, 0.1 + 1e-15) == 0.0
+    assert pacer.wait_s(1000.0, budget_s - 0.1, 0.1 + 0.00125) == pytest.approx(0.001)
