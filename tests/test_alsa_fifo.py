@@ -124,10 +124,11 @@ def test_bytes_read_equal_bytes_played(tmp_path, monkeypatch, chunk_periods, len
         lead = mic.play(bytes(3 * PERIOD_BYTES))
         start = mic.play(data)
         pcm = _open_pcm(mic, "dgdexact")
-        padded = length + (-length % PERIOD_BYTES)
+        padded = length + (-length % mic.chunk_bytes)
         got = Reader(pcm, start + padded + 2 * PERIOD_BYTES).join()
         pcm.close()
-    assert (lead, start) == (0, 3 * PERIOD_BYTES)
+    # Played audio is padded to whole writes (chunks), so the stream never has a short one.
+    assert (lead, start) == (0, 3 * PERIOD_BYTES + (-3 * PERIOD_BYTES % mic.chunk_bytes))
     assert got[start : start + length] == data
     assert got[:start] == bytes(start)  # silence before
     assert got[start + length :] == bytes(len(got) - start - length)  # padding, then idle silence
@@ -136,17 +137,19 @@ def test_bytes_read_equal_bytes_played(tmp_path, monkeypatch, chunk_periods, len
 @pytest.mark.parametrize(
     ("lengths", "offsets"),
     [
-        ([1, 1], [0, 640]),
-        ([640, 640], [0, 640]),
-        ([641, 10], [0, 1280]),
-        ([639, 1, 1280], [0, 640, 1280]),
+        ([1, 1], [0, 3200]),
+        ([3200, 3200], [0, 3200]),
+        ([3201, 10], [0, 6400]),
+        ([639, 1, 1280], [0, 3200, 6400]),
     ],
 )
 def test_play_returns_exact_offsets(tmp_path, lengths, offsets):
-    # No reader: the writer takes nothing, so offsets count only the padded queue.
+    # No reader: the writer takes nothing, so offsets count only the queue, padded to whole
+    # writes (5 periods of 640 bytes by default).
     with FifoMic(tmp_path / "mic.fifo") as mic:
+        assert mic.chunk_bytes == 3200
         assert [mic.play(bytes(n)) for n in lengths] == offsets
-        assert mic.queued_bytes == offsets[-1] + lengths[-1] + (-lengths[-1] % 640)
+        assert mic.queued_bytes == offsets[-1] + lengths[-1] + (-lengths[-1] % 3200)
         assert mic.bytes_written == 0
         assert mic.readers_seen == 0
 
