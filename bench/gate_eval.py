@@ -1,7 +1,7 @@
-"""Evaluate the silence gate (the real ``dgd.gate.Gate``) on the labelled corpus.
+"""Evaluate the silence gate (the real ``dgd.core.gate.Gate``) on the labelled corpus.
 
 For every condition of ``bench/corpus`` (made by ``bench/make_corpus.py``) the raw audio is cut
-into 20 ms periods, each period's level is ``dgd.pcm.level_dbfs``, and the gate decides. The
+into 20 ms periods, each period's level is ``dgd.core.pcm.level_dbfs``, and the gate decides. The
 ground truth says which samples are speech. Reported per condition and overall:
 
 - recall: the fraction of speech samples that were sent;
@@ -38,9 +38,9 @@ from typing import Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgd import gate as gate_module
-from dgd.gate import Gate
-from dgd.pcm import level_dbfs
+from dgd.core import gate as gate_module
+from dgd.core.gate import Gate
+from dgd.core.pcm import level_dbfs
 
 PERIOD_MS: Final = 20
 RATE_HZ: Final = 16000

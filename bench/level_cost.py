@@ -1,16 +1,16 @@
 """Benchmark: what the silence gate costs per period, side by side on several Pythons (issue 8).
 
-Python 3.13 (Debian 13, Raspberry Pi OS 13) has no ``audioop``, so ``dgd.pcm.level_dbfs``
+Python 3.13 (Debian 13, Raspberry Pi OS 13) has no ``audioop``, so ``dgd.core.pcm.level_dbfs``
 takes another path there. This measures, in each interpreter, on the same audio:
 
-- ``level_dbfs``: one 20 ms period (640 B, 16 kHz mono) through ``dgd.pcm.level_dbfs``;
-- ``level, math.hypot path``: ``dgd.pcm._level_hypot``, what ``level_dbfs`` runs where there
+- ``level_dbfs``: one 20 ms period (640 B, 16 kHz mono) through ``dgd.core.pcm.level_dbfs``;
+- ``level, math.hypot path``: ``dgd.core.pcm._level_hypot``, what ``level_dbfs`` runs where there
   is no audioop, measured on every interpreter;
 - ``level via math.sumprod``: the same with ``math.sumprod(a, a)`` (Python >= 3.12 only);
 - ``level, old fallback``: the same with the fallback dgd had before (``sum(map(mul, a, a))``),
   for reference;
 - ``feed, speech`` / ``feed, silence``: the whole capture-thread path per period,
-  ``dgd.pipeline.CapturePipeline.feed`` on 100 ms reads (5 periods each; validate, stamp,
+  ``dgd.core.pipeline.CapturePipeline.feed`` on 100 ms reads (5 periods each; validate, stamp,
   digital-silence check, level, ``Gate.feed`` with the default auto threshold, framing), over
   the bundled 39 s sample with a noise floor (speech: the gate opens and closes; silence: the
   noise floor alone, the gate stays closed).
@@ -108,7 +108,7 @@ def _audio() -> tuple[bytes, bytes]:
 
 
 def _old_fallback(data: bytes) -> float:
-    """dgd.pcm.level_dbfs's fallback before issue 8 (a Python-level multiply per sample)."""
+    """dgd.core.pcm.level_dbfs's fallback before issue 8 (a Python-level multiply per sample)."""
     decoded = array("h")
     decoded.frombytes(data)
     energy = sum(map(operator.mul, decoded, decoded))
@@ -135,9 +135,9 @@ def _time_levels(level: Any, periods: list[bytes]) -> float:
 
 
 def _time_feed(audio: bytes) -> float:
-    from dgd.gate import Gate
-    from dgd.pcm import PcmFormat
-    from dgd.pipeline import CapturePipeline
+    from dgd.core.gate import Gate
+    from dgd.core.pcm import PcmFormat
+    from dgd.core.pipeline import CapturePipeline
 
     fmt = PcmFormat(rate_hz=RATE_HZ, channels=1, period_ms=PERIOD_MS)
     gate = Gate(mode="energy", threshold_dbfs=None, preroll_ms=300, hangover_ms=1500, period_ms=20)
@@ -155,7 +155,7 @@ def _time_feed(audio: bytes) -> float:
 def child(repetitions: int, audio: bytes, only: str | None = None) -> dict[str, Any]:
     """Measure this interpreter on ``audio`` (speech, then as much noise floor): per-period
     nanoseconds (CPU time of this thread) of every measure, per repetition."""
-    import dgd.pcm as pcm
+    import dgd.core.pcm as pcm
 
     speech, silence = audio[: len(audio) // 2], audio[len(audio) // 2 :]
     periods = [speech[i : i + PERIOD_BYTES] for i in range(0, len(speech), PERIOD_BYTES)]

@@ -52,16 +52,9 @@ from typing import IO, Any, Final
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dgd.capture import MAX_READ_MS  # noqa: E402
-from dgd.demo import (  # noqa: E402
-    FakeServerProcess,
-    FifoMic,
-    alsa_config_path,
-    load_sample,
-    package_env,
-    server_records,
-    write_alsa_conf,
-)
+from dgd.daemon.capture import MAX_READ_MS  # noqa: E402
+from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf  # noqa: E402
+from dgd.tools.demo import FakeServerProcess, load_sample, package_env, server_records  # noqa: E402
 
 RATE_HZ: Final = 16000
 BYTES_PER_S: Final = RATE_HZ * 2
@@ -229,7 +222,7 @@ class Client:
     @property
     def read_periods(self) -> int:
         """20 ms periods per ALSA read: dgd reads a frame, up to ``capture.MAX_READ_MS``
-        (mirrors ``dgd.capture.read_periods``); the baselines read one period at a time.
+        (mirrors ``dgd.daemon.capture.read_periods``); the baselines read one period at a time.
 
         The FifoMic writes this much per write, as a sound card with that period size would
         wake its reader, and because a write that is not whole reads corrupts the stream."""

@@ -34,7 +34,7 @@ The daemon logs to stderr (``--log-target stderr``): the readable lines carry ev
 used here, so no journald is needed. The run passes (exit 0) when no utterance is lost or
 duplicated, nothing was dropped and memory is flat (see ``MAX_RSS_SLOPE_KB_PER_MIN``).
 
-Replay after an outage is paced at 1.25× real time (dgd.session.REPLAY_SPEED), so the average
+Replay after an outage is paced at 1.25× real time (dgd.core.session.REPLAY_SPEED), so the average
 rate at which the daemon sends audio, speed × the fraction of audio the gate passes (speech
 plus 0.3 s pre-roll plus 1.5 s hangover per utterance), must stay well below 1.25 or the
 backlog never drains: the default gaps (mean ~14 s) and speed 3 give about 0.75.
@@ -70,16 +70,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgd.demo import (
+from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
+from dgd.tools.demo import (
     FakeServerProcess,
-    FifoMic,
     SampleUtterance,
-    alsa_config_path,
     load_sample,
     package_env,
     read_jsonl,
     server_records,
-    write_alsa_conf,
 )
 
 if TYPE_CHECKING:
@@ -110,7 +108,7 @@ TAIL_S: Final = 10.0
 QUEUE_AHEAD_S: Final = 30.0
 
 #: Fault timing, in wall-clock seconds after the handshake (the fake server's clock).
-#: The default stays above dgd.backoff.STABLE_CONNECTION_S (60 s), so connections count as
+#: The default stays above dgd.core.backoff.STABLE_CONNECTION_S (60 s), so connections count as
 #: stable; ``--fault-after-s 15 60`` exercises the other case (the 429 backoff bug it found is
 #: fixed, see docs/SOAK.md).
 FAULT_AFTER_S: Final = (60.0, 120.0)

@@ -19,7 +19,7 @@ from dgd import __version__
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from dgd.config import Config
+    from dgd.core.config import Config
 
 EX_OK: Final = 0
 EX_UNEXPECTED: Final = 1
@@ -100,27 +100,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _passthrough(command: str, rest: list[str]) -> int:
     if command == "fake-server":
-        from dgd import fakeserver
+        from dgd.testing import fakeserver
 
         return fakeserver.main(rest)
     if command == "demo":
-        from dgd import demo
+        from dgd.tools import demo
 
         return demo.main(rest)
-    module = importlib.import_module(f"dgd.{command}")
+    module = importlib.import_module(f"dgd.tools.{command}")
     exit_code: int = module.main(rest)
     return exit_code
 
 
 def _config_path(path: str | None) -> str:
-    from dgd.config import DEFAULT_CONFIG_PATH
+    from dgd.core.config import DEFAULT_CONFIG_PATH
 
     return path or os.environ.get("DGD_CONFIG", "") or DEFAULT_CONFIG_PATH
 
 
 def check_config(path: str | None, *, open_device: bool) -> int:
     """``dgd check-config``: print the effective config (key redacted) or the problems."""
-    from dgd.config import ConfigError, load, load_api_key
+    from dgd.core.config import ConfigError
+    from dgd.daemon.configfile import load, load_api_key
 
     config_path = _config_path(path)
     try:
@@ -154,9 +155,9 @@ def check_config(path: str | None, *, open_device: bool) -> int:
 
 def _device_problems(config: Config) -> list[str]:
     """Open the device as ``dgd run`` would and check it delivers the configured format."""
-    from dgd.app import pcm_format
-    from dgd.capture import DeviceError, read_periods
-    from dgd.devices import DeviceTimeout, open_with_timeout
+    from dgd.daemon.app import pcm_format
+    from dgd.daemon.capture import DeviceError, read_periods
+    from dgd.tools.devices import DeviceTimeout, open_with_timeout
 
     audio = config.audio
     fmt = pcm_format(config)
@@ -186,8 +187,9 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     signal.signal(signal.SIGHUP, _remember_reload)
     import trio
 
-    from dgd import logsetup
-    from dgd.config import ApiKey, ConfigError, load, load_api_key
+    from dgd.core.config import ApiKey, ConfigError
+    from dgd.daemon import logsetup
+    from dgd.daemon.configfile import load, load_api_key
 
     config_path = _config_path(path)
     try:
@@ -218,9 +220,9 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
             logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
         return new_config, new_key
 
-    from dgd.app import Daemon
-    from dgd.sdnotify import Notifier
-    from dgd.sinks import TranscriptSinks
+    from dgd.daemon.app import Daemon
+    from dgd.daemon.sdnotify import Notifier
+    from dgd.daemon.sinks import TranscriptSinks
 
     # Always at hand: output.journald may be switched on by a reload.
     journal_send = logsetup.journal_module().send

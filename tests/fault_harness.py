@@ -37,7 +37,7 @@ from harness import (
     parse_rfc3339,
 )
 
-from dgd.demo import write_alsa_conf
+from dgd.testing.fifomic import write_alsa_conf
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence

@@ -27,16 +27,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
-from dgd.demo import (
+from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
+from dgd.tools.demo import (
     FakeServerProcess,
-    FifoMic,
     SampleUtterance,
-    alsa_config_path,
     load_sample,
     package_env,
     server_audio,
     server_records,
-    write_alsa_conf,
 )
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """An in-memory microphone for running the whole daemon in trio's virtual time.
 
 ``MemoryMic`` is the device; each opening of it is a ``MemorySource``, the in-memory
-implementation of ``dgd.capture.AudioSource``. Audio the test queues with ``play`` comes out
+implementation of ``dgd.daemon.capture.AudioSource``. Audio the test queues with ``play`` comes out
 at real-time pace on trio's clock, one read of ``periods_per_read`` periods at a time, through
 the daemon's real pipeline; when nothing is queued the room is quiet (low noise, not digital
 silence). The mic can stall (reads stop, the device stays open) and be unplugged.
@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgd.capture import DeviceError, DeviceProblem, SourceSpec
+from dgd.daemon.capture import DeviceError, DeviceProblem, SourceSpec
 
 if TYPE_CHECKING:
-    from dgd.pcm import PcmFormat
+    from dgd.core.pcm import PcmFormat
 
 #: Wall-clock time of trio time 0 in these tests (the capture timeline's labels).
 WALL0 = 1_700_000_000.0
@@ -55,7 +55,7 @@ class MemoryMic:
         return len(self._queued)
 
     def open(self, spec: SourceSpec) -> MemorySource:
-        """The ``OpenSource`` factory for ``dgd.app.Daemon``."""
+        """The ``OpenSource`` factory for ``dgd.daemon.app.Daemon``."""
         return MemorySource(self, spec)
 
     def read(self, n_bytes: int, fmt: PcmFormat) -> bytes:
@@ -65,7 +65,7 @@ class MemoryMic:
 
 
 class MemorySource:
-    """One opening of the ``MemoryMic`` (``dgd.capture.AudioSource``)."""
+    """One opening of the ``MemoryMic`` (``dgd.daemon.capture.AudioSource``)."""
 
     def __init__(self, mic: MemoryMic, spec: SourceSpec) -> None:
         self.device = spec.device

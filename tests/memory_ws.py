@@ -1,6 +1,6 @@
 """An in-memory WebSocket for link and supervisor tests in trio's virtual time.
 
-It implements ``dgd.wsclient.WebSocketPort``; the test plays the server through ``push``,
+It implements ``dgd.daemon.wsclient.WebSocketPort``; the test plays the server through ``push``,
 ``close`` and ``stall``, and reads what the client sent from ``sent``.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgd import wsclient
+from dgd.daemon import wsclient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence

@@ -45,7 +45,7 @@ from harness import (  # the fixtures are imported by name for pytest
     write_daemon_config,
 )
 
-from dgd.demo import alsa_config_path, write_alsa_conf
+from dgd.testing.fifomic import alsa_config_path, write_alsa_conf
 
 PERIOD_FRAMES = 320
 PERIOD_BYTES = PERIOD_FRAMES * 2

@@ -1,4 +1,4 @@
-"""Failure classification and retry delays (dgd.backoff).
+"""Failure classification and retry delays (dgd.core.backoff).
 
 Delays are exact: ``random.Random.uniform(a, b)`` is ``a + (b - a) * random()``, so replaying
 the same seed gives the ``random()`` draws and the expected delay for each ceiling.
@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from dgd.backoff import (
+from dgd.core.backoff import (
     RATE_LIMITED_MAX_S,
     STABLE_CONNECTION_S,
     DeviceRetry,
@@ -22,7 +22,7 @@ from dgd.backoff import (
     network_failure,
     timeout_failure,
 )
-from dgd.messages import CloseInfo, HandshakeRejection, parse_close
+from dgd.core.messages import CloseInfo, HandshakeRejection, parse_close
 
 SEED = 20261123
 

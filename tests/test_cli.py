@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dgd.demo import FifoMic, alsa_config_path, write_alsa_conf
+from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "clitestkey0123456789"

@@ -1,4 +1,5 @@
-"""Tests for dgd.config: parsing, validation messages, redaction, the API key and etc/dgd.toml."""
+"""Tests for dgd.core.config (parsing, validation messages, redaction) and
+dgd.daemon.configfile (the file and the API key), and etc/dgd.toml."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dgd.config import (
+from dgd.core.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_QUERY,
     ApiKey,
@@ -21,11 +22,10 @@ from dgd.config import (
     LogConfig,
     OutputConfig,
     StreamConfig,
-    load,
-    load_api_key,
     loads,
     parse,
 )
+from dgd.daemon.configfile import load, load_api_key
 
 REPO: Path = Path(__file__).resolve().parent.parent
 D: Config = Config()
@@ -802,7 +802,7 @@ def test_config_docs_mention_every_key() -> None:
 
 
 def test_module_is_pure() -> None:
-    source = (REPO / "dgd" / "config.py").read_text()
+    source = (REPO / "dgd" / "core" / "config.py").read_text()
     for banned in ("import trio", "import socket", "import alsaaudio", "time.time", "monotonic"):
         assert banned not in source
     assert os.path.basename(DEFAULT_CONFIG_PATH) == "dgd.toml"

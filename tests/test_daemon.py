@@ -1,4 +1,4 @@
-"""The whole daemon in trio's virtual time: the real composition root (``dgd.app.Daemon``)
+"""The whole daemon in trio's virtual time: the real composition root (``dgd.daemon.app.Daemon``)
 with an in-memory microphone (tests/memory_audio.py), the in-memory WebSocket and a recording
 notifier. Behaviours that take minutes of real time end to end are proven here in seconds;
 the subprocess tests through real ALSA, journald and sd_notify prove the real parts.
@@ -14,11 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from dgd.app import Daemon
-from dgd.config import ApiKey, AudioConfig, Config, GateConfig, StreamConfig
-from dgd.pcm import PcmFormat
-from dgd.sdnotify import Notifier
-from dgd.sinks import TranscriptSinks
+from dgd.core.config import ApiKey, AudioConfig, Config, GateConfig, StreamConfig
+from dgd.core.pcm import PcmFormat
+from dgd.daemon.app import Daemon
+from dgd.daemon.sdnotify import Notifier
+from dgd.daemon.sinks import TranscriptSinks
 from tests.memory_audio import WALL0, MemoryMic, tone
 from tests.memory_ws import Attempt, MemoryConnector, MemoryWebSocket, metadata, results
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dgd.devices import (
+from dgd.tools.devices import (
     CaptureFormat,
     Card,
     DeviceReport,

@@ -1,4 +1,5 @@
-"""Tests for dgd.fakeserver: a real trio-websocket client against the real server on 127.0.0.1.
+"""Tests for dgd.testing.fakeserver: a real trio-websocket client against the real server
+on 127.0.0.1.
 
 Network tests run under trio's autojump clock: idle timeouts, stalls and timed faults take
 virtual seconds, while loopback I/O stays real.
@@ -24,7 +25,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from dgd.fakeserver import (
+from dgd.testing.fakeserver import (
     DEFAULT_CLOSE_FAULT_REASON,
     IDLE_CLOSE_REASON,
     MODEL_UUID,
@@ -799,7 +800,7 @@ def test_main_rejects_bad_fault_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_main_prints_the_url_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     plan = tmp_path / "faults.json"
     plan.write_text('[{"attempts": [1], "reject": 503}]')
-    code = "import sys; from dgd.fakeserver import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from dgd.testing.fakeserver import main; sys.exit(main(sys.argv[1:]))"
     args = ["--port", "0", "--faults", str(plan), "--record-dir", str(tmp_path / "rec")]
     with subprocess.Popen(
         [sys.executable, "-c", code, *args],

@@ -1,10 +1,10 @@
-"""Exact decisions of the silence gate (dgd.gate) for level sequences: pure, no I/O, no clock."""
+"""Exact decisions of the silence gate (dgd.core.gate) for level sequences: pure, no I/O."""
 
 from __future__ import annotations
 
 import pytest
 
-from dgd.gate import (
+from dgd.core.gate import (
     AUTO_CLOSE_MARGIN_DB,
     AUTO_OPEN_MARGIN_DB,
     FLOOR_MIN_DBFS,

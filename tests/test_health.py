@@ -1,10 +1,10 @@
-"""The capture health policy (dgd.health): facts and ``now`` in, an exact verdict out."""
+"""The capture health policy (dgd.core.health): facts and ``now`` in, an exact verdict out."""
 
 from __future__ import annotations
 
 import pytest
 
-from dgd.health import (
+from dgd.core.health import (
     REOPEN_AFTER_S,
     CaptureFacts,
     CaptureHealth,

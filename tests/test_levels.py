@@ -20,7 +20,8 @@ from pathlib import Path
 import alsaaudio
 import pytest
 
-from dgd.levels import (
+from dgd.core.pcm import SILENCE_DBFS, PcmFormat
+from dgd.tools.levels import (
     LevelStats,
     LevelSummary,
     Meter,
@@ -34,7 +35,6 @@ from dgd.levels import (
     round_db,
     suggest_threshold,
 )
-from dgd.pcm import SILENCE_DBFS, PcmFormat
 
 MAIN = Path(__file__).resolve().parent.parent
 RATE_HZ = 16000
@@ -194,7 +194,7 @@ def test_level_stats_summary(periods: list[bytes], expected: LevelSummary) -> No
     assert_close(_summary(*periods), expected)
 
 
-#: dgd.pcm.level_dbfs may use audioop, whose RMS is truncated to a whole LSB: a level can be
+#: dgd.core.pcm.level_dbfs may use audioop, whose RMS is truncated to a whole LSB: a level can be
 #: a few thousandths of a dB off the exact formula.
 LEVEL_TOLERANCE_DB = 0.005
 

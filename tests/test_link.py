@@ -6,13 +6,13 @@ import pytest
 import trio
 import trio.testing
 
-from dgd.backoff import Verdict
-from dgd.config import StreamConfig
-from dgd.events import AudioFrame, FinalizeMarker, FormatChange, Transcript
-from dgd.link import LinkContext, LinkFailure, OutboxFeed, run_link
-from dgd.outbox import Outbox
-from dgd.pcm import PcmFormat
-from dgd.session import Session
+from dgd.core.backoff import Verdict
+from dgd.core.config import StreamConfig
+from dgd.core.events import AudioFrame, FinalizeMarker, FormatChange, Transcript
+from dgd.core.outbox import Outbox
+from dgd.core.pcm import PcmFormat
+from dgd.core.session import Session
+from dgd.daemon.link import LinkContext, LinkFailure, OutboxFeed, run_link
 from tests.memory_ws import MemoryWebSocket, metadata, results
 
 FMT = PcmFormat(16000, 1, 20)

@@ -1,4 +1,4 @@
-"""Logging helpers (dgd.logsetup): secret scrubbing, repeat folding, events, stderr format."""
+"""Logging (dgd.daemon.logsetup): secret scrubbing, repeat folding, events, stderr format."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dgd.logsetup import (
+from dgd.daemon.logsetup import (
     REDACTED,
     REPEAT_WINDOW_S,
     RepeatFilter,
@@ -378,7 +378,7 @@ def test_repeat_filter_keys_are_independent() -> None:
 
 STDERR_CHILD = """
 import os, sys
-from dgd import logsetup
+from dgd.daemon import logsetup
 logsetup.setup("journal", "info", os.environ)
 logsetup.capture_stderr()
 os.write(2, b"plain line from a C library\\n")

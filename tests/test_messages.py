@@ -1,4 +1,4 @@
-"""Tests for dgd.messages: Deepgram server messages, handshake rejections, close frames, URL."""
+"""Tests for dgd.core.messages: server messages, handshake rejections, close frames, URL."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dgd.messages import (
+from dgd.core.messages import (
     CLOSESTREAM_MESSAGE,
     EXCERPT_CHARS,
     FINALIZE_MESSAGE,

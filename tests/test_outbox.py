@@ -1,4 +1,4 @@
-"""The outbox (dgd.outbox): pending and in-flight audio, Finalize markers, the bound, replay.
+"""The outbox (dgd.core.outbox): pending and in-flight audio, Finalize markers, the bound, replay.
 
 Audio is 8 kHz mono (16 000 bytes a second); every duration is a multiple of 1/8 s, so the
 held/pending/in-flight sums are exact and compared with ``==``.
@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from dgd.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
-from dgd.outbox import Dropped, Outbox
-from dgd.pcm import PcmFormat
+from dgd.core.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
+from dgd.core.outbox import Dropped, Outbox
+from dgd.core.pcm import PcmFormat
 
 FMT = PcmFormat(rate_hz=8000, channels=1, period_ms=125)
 STEREO = PcmFormat(rate_hz=8000, channels=2, period_ms=125)

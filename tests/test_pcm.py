@@ -1,4 +1,4 @@
-"""PCM arithmetic and levels (dgd.pcm): exact values for known signals and formats."""
+"""PCM arithmetic and levels (dgd.core.pcm): exact values for known signals and formats."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from dgd import pcm
-from dgd.pcm import (
+from dgd.core import pcm
+from dgd.core.pcm import (
     FULL_SCALE,
     SAMPLE_WIDTH_BYTES,
     SILENCE_DBFS,

@@ -1,4 +1,4 @@
-"""The per-period path (dgd.pipeline): capture clock, validation, gating, framing, notices.
+"""The per-period path (dgd.core.pipeline): capture clock, validation, gating, framing, notices.
 
 Most tests use 8 kHz mono with 125 ms periods: every capture time is then a multiple of 1/8 s
 and exact in binary, so start times and durations are compared with ``==``. The gate has a
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dgd.events import (
+from dgd.core.events import (
     AudioFrame,
     DigitalSilence,
     FinalizeMarker,
@@ -26,16 +26,16 @@ from dgd.events import (
     PipelineOutput,
     SignalReturned,
 )
-from dgd.gate import Gate
-from dgd.pcm import PcmFormat, level_dbfs
-from dgd.pipeline import (
+from dgd.core.gate import Gate
+from dgd.core.pcm import PcmFormat, level_dbfs
+from dgd.core.pipeline import (
     CLOCK_REANCHOR_S,
     DIGITAL_SILENCE_REPORT_S,
     CaptureClock,
     CapturePipeline,
     PipelineCounters,
 )
-from dgd.timemap import TimeMap
+from dgd.core.timemap import TimeMap
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

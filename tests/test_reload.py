@@ -1,4 +1,4 @@
-"""The reload plan (dgd.reload): old and new configuration in, an exact plan out."""
+"""The reload plan (dgd.core.reload): old and new configuration in, an exact plan out."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dgd.config import (
+from dgd.core.config import (
     AudioConfig,
     Config,
     DeepgramConfig,
@@ -15,7 +15,7 @@ from dgd.config import (
     OutputConfig,
     StreamConfig,
 )
-from dgd.reload import ReloadPlan, plan_reload, refuse
+from dgd.core.reload import ReloadPlan, plan_reload, refuse
 
 OLD = Config()
 

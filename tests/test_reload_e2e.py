@@ -22,7 +22,7 @@ from harness import (
     load_sample,
 )
 
-from dgd.demo import FifoMic, write_alsa_conf
+from dgd.testing.fifomic import FifoMic, write_alsa_conf
 
 SAMPLE, UTTERANCES = load_sample()
 GAP_S = 2.5

@@ -24,7 +24,8 @@ from harness import (
     write_daemon_config,
 )
 
-from dgd.demo import FakeServerProcess, FifoMic, write_alsa_conf
+from dgd.testing.fifomic import FifoMic, write_alsa_conf
+from dgd.tools.demo import FakeServerProcess
 
 SAMPLE, UTTERANCES = load_sample()
 SECRET = "dgdsecretkey0123456789abcdef"

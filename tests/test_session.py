@@ -1,4 +1,4 @@
-"""The sans-I/O Deepgram session (dgd.session): sending, keep-alive timing, receiving.
+"""The sans-I/O Deepgram session (dgd.core.session): sending, keep-alive timing, receiving.
 
 Wall-clock capture times and connection offsets are multiples of 1/8 s, so mapped times are
 exact. The session under test has sent two frames: [0, 0.5) captured at 1000.0 and, after a
@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from dgd.events import AudioFrame, TimedWord, Transcript
-from dgd.messages import (
+from dgd.core.events import AudioFrame, TimedWord, Transcript
+from dgd.core.messages import (
     CLOSESTREAM_MESSAGE,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
     Metadata,
     Unrecognized,
 )
-from dgd.session import (
+from dgd.core.session import (
     Confirmed,
     DuplicateFilter,
     LocalProtocolError,

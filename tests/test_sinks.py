@@ -1,4 +1,4 @@
-"""Transcript sinks (dgd.sinks): RFC 3339 times, journald fields, JSON lines, and the writer.
+"""Transcript sinks (dgd.daemon.sinks): RFC 3339 times, journald fields, JSON lines, and the writer.
 
 journald is replaced by a list-backed ``journal_send`` (the port the sink is built on); the
 JSON-lines file is a real file in ``tmp_path``.
@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from dgd.config import OutputConfig
-from dgd.events import TimedWord, Transcript
-from dgd.sinks import (
+from dgd.core.config import OutputConfig
+from dgd.core.events import TimedWord, Transcript
+from dgd.daemon.sinks import (
     PRIORITY_DEBUG,
     PRIORITY_INFO,
     TranscriptSinks,

@@ -1,8 +1,8 @@
-"""The stats record (dgd.stats): exact journal fields, gist and summary."""
+"""The stats record (dgd.core.stats): exact journal fields, gist and summary."""
 
 from __future__ import annotations
 
-from dgd.stats import StatsRecord
+from dgd.core.stats import StatsRecord
 
 RECORD = StatsRecord(
     captured_s=912.04,

@@ -1,10 +1,10 @@
-"""The STATUS= line (dgd.status): the parts' states in, one exact line out."""
+"""The STATUS= line (dgd.core.status): the parts' states in, one exact line out."""
 
 from __future__ import annotations
 
 import pytest
 
-from dgd.status import StatusBoard, duration_text
+from dgd.core.status import StatusBoard, duration_text
 
 STREAMING = {"device_ok": True, "link": "streaming"}
 

@@ -10,14 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from dgd.backoff import RetryPolicy, Verdict, classify_rejection
-from dgd.config import Config
-from dgd.events import AudioFrame, FormatChange
-from dgd.link import LinkContext, OutboxFeed
-from dgd.messages import parse_rejection
-from dgd.outbox import Outbox
-from dgd.pcm import PcmFormat
-from dgd.supervisor import Supervisor
+from dgd.core.backoff import RetryPolicy, Verdict, classify_rejection
+from dgd.core.config import Config
+from dgd.core.events import AudioFrame, FormatChange
+from dgd.core.messages import parse_rejection
+from dgd.core.outbox import Outbox
+from dgd.core.pcm import PcmFormat
+from dgd.daemon.link import LinkContext, OutboxFeed
+from dgd.daemon.supervisor import Supervisor
 from tests.memory_ws import Attempt, MemoryConnector, MemoryWebSocket, metadata, results
 
 FMT = PcmFormat(16000, 1, 20)

@@ -1,4 +1,5 @@
-"""Connection offset → capture time (dgd.timemap): segments, boundaries, extrapolation, forgetting.
+"""Connection offset → capture time (dgd.core.timemap): segments, boundaries, extrapolation,
+forgetting.
 
 Every time here is a multiple of 1/8 s (or a power of two), so the floats are exact and the
 expected values are compared with ``==``.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from dgd.timemap import CONTIGUOUS_TOLERANCE_S, Segment, TimeMap
+from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S, Segment, TimeMap
 
 
 def build(*appends: tuple[float, float]) -> TimeMap:
@@ -212,7 +213,7 @@ def test_append_after_forgetting_everything_but_the_last() -> None:
 def epoch_frames(n_frames: int) -> list[tuple[float, float]]:
     """(start_s, duration_s) of 100 ms frames of 20 ms periods captured contiguously from
     2026-11-23T21:40:01Z, with start times ``anchor + n·period`` as
-    ``dgd.pipeline.CaptureClock`` computes them."""
+    ``dgd.core.pipeline.CaptureClock`` computes them."""
     anchor_s = 1_795_470_001.0
     return [(anchor_s + index * 5 * 0.02, 0.1) for index in range(n_frames)]
 

@@ -13,7 +13,7 @@ Who owns the PCM, and how it is let go (issue 8; README "How it is built"):
   previous thread has released it. So a reopen never fails with "Device or resource busy"
   because of dgd's own stale thread. If a thread does not end (stuck inside alsa-lib or the
   driver, which nothing in-process can interrupt), the app stops petting the watchdog and
-  systemd restarts dgd (``dgd.health``).
+  systemd restarts dgd (``dgd.core.health``).
 
 It runs each read through the ``CapturePipeline`` and hands only what must travel on
 (frames, Finalize markers, notices) to trio with ``TrioToken.run_sync_soon``: in gated silence
@@ -37,9 +37,9 @@ import alsaaudio
 import trio
 
 if TYPE_CHECKING:
-    from dgd.events import PipelineOutput
-    from dgd.pcm import PcmFormat
-    from dgd.pipeline import CapturePipeline
+    from dgd.core.events import PipelineOutput
+    from dgd.core.pcm import PcmFormat
+    from dgd.core.pipeline import CapturePipeline
 
 log = logging.getLogger("dgd.capture")
 

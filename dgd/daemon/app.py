@@ -4,7 +4,7 @@ Task tree (every task lives in the root nursery opened here)::
 
     root
     ├── signals      SIGTERM/SIGINT → graceful stop (once); SIGHUP → a reload request
-    ├── reloader     executes reload plans one at a time (dgd.reload); requests coalesce
+    ├── reloader     executes reload plans one at a time (dgd.core.reload); requests coalesce
     ├── capture      reopens the ALSA device whenever it fails (the thread does the reading)
     ├── supervisor   connection after connection (each: sender, receiver, liveness)
     └── monitor      watchdog, stall detection, STATUS=, periodic stats
@@ -23,13 +23,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd import wsclient
-from dgd.capture import (
-    OpenSource,
-    open_alsa,
-)
-from dgd.config import ApiKey, Config, ConfigError
-from dgd.events import (
+from dgd.core.config import ApiKey, Config, ConfigError
+from dgd.core.events import (
     AudioFrame,
     FinalizeMarker,
     FormatChange,
@@ -39,26 +34,31 @@ from dgd.events import (
     PipelineOutput,
     Transcript,
 )
-from dgd.gate import Gate
-from dgd.link import LinkContext, OutboxFeed
-from dgd.logsetup import event, flush_repeats, set_level
-from dgd.microphone import Microphone
-from dgd.notices import log_notice
-from dgd.outbox import Outbox
-from dgd.pcm import PcmFormat
-from dgd.pipeline import CapturePipeline
-from dgd.reload import plan_reload, refuse
-from dgd.session import DuplicateFilter
-from dgd.stats import StatsRecord
-from dgd.status import StatusBoard
-from dgd.supervisor import Supervisor
+from dgd.core.gate import Gate
+from dgd.core.outbox import Outbox
+from dgd.core.pcm import PcmFormat
+from dgd.core.pipeline import CapturePipeline
+from dgd.core.reload import plan_reload, refuse
+from dgd.core.session import DuplicateFilter
+from dgd.core.stats import StatsRecord
+from dgd.core.status import StatusBoard
+from dgd.daemon import wsclient
+from dgd.daemon.capture import (
+    OpenSource,
+    open_alsa,
+)
+from dgd.daemon.link import LinkContext, OutboxFeed
+from dgd.daemon.logsetup import event, flush_repeats, set_level
+from dgd.daemon.microphone import Microphone
+from dgd.daemon.notices import log_notice
+from dgd.daemon.supervisor import Supervisor
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable
 
-    from dgd.sdnotify import Notifier
-    from dgd.sinks import TranscriptSinks
+    from dgd.daemon.sdnotify import Notifier
+    from dgd.daemon.sinks import TranscriptSinks
 
 log = logging.getLogger("dgd.app")
 
@@ -341,7 +341,7 @@ class Daemon:
                 await self.reload()
 
     async def reload(self) -> None:
-        """Re-read config and key; carry out the plan (``dgd.reload``). An invalid new config
+        """Re-read config and key; carry out the plan (``dgd.core.reload``). An invalid new config
         is refused and the running one stays."""
         self.notifier.reloading()
         if self._reload_config is None:
@@ -412,7 +412,7 @@ class Daemon:
         Capture stops only while the device is closed and opened again. When the rate or the
         channel count changed, a ``FormatChange`` goes into the outbox behind the last audio
         of the old format: the link sends that audio on the current stream, ends it, and the
-        next handshake declares the new format (``dgd.link``, ``dgd.supervisor``).
+        next handshake declares the new format (``dgd.daemon.link``, ``dgd.daemon.supervisor``).
         """
         audio = self.config.audio
         new_fmt = pcm_format(self.config)

@@ -4,7 +4,7 @@ The measuring is pure and separately tested: `LevelStats` takes period bytes and
 `LevelStats.summary` gives the noise floor, speech level, digital silence, clipping and the
 suggested ``gate.threshold_dbfs`` (`suggest_threshold`, the rule is in docs/TOOLS.md);
 `PeakHold`, `render_meter` and `advice` are pure too. `main` is the thin shell: it opens the
-device with `dgd.capture.open_pcm` (as the daemon does), reads one period at a time in a
+device with `dgd.daemon.capture.open_pcm` (as the daemon does), reads one period at a time in a
 worker thread, and draws.
 """
 
@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import alsaaudio
 
-from dgd.capture import EPIPE, DeviceError, DeviceProblem, poller_for
-from dgd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load, parse
-from dgd.devices import DeviceTimeout, open_with_timeout
-from dgd.gate import AUTO_OPEN_MARGIN_DB, FLOOR_MIN_DBFS
-from dgd.pcm import SILENCE_DBFS, PcmFormat, is_digital_silence, level_dbfs, samples
+from dgd.core.config import DEFAULT_CONFIG_PATH, Config, ConfigError, parse
+from dgd.core.gate import AUTO_OPEN_MARGIN_DB, FLOOR_MIN_DBFS
+from dgd.core.pcm import SILENCE_DBFS, PcmFormat, is_digital_silence, level_dbfs, samples
+from dgd.daemon.capture import EPIPE, DeviceError, DeviceProblem, poller_for
+from dgd.daemon.configfile import load
+from dgd.tools.devices import DeviceTimeout, open_with_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -38,7 +39,7 @@ FLOOR_PERCENTILE: Final = 10
 #: The speech level is this percentile: the loud part of talking, not the one loudest period.
 SPEECH_PERCENTILE: Final = 90
 #: The suggested threshold sits this far above the floor: the same margin "auto" uses
-#: (`dgd.gate.AUTO_OPEN_MARGIN_DB`), so a fixed threshold behaves like auto in this room.
+#: (`dgd.core.gate.AUTO_OPEN_MARGIN_DB`), so a fixed threshold behaves like auto in this room.
 THRESHOLD_MARGIN_DB: Final = AUTO_OPEN_MARGIN_DB
 #: ... but at least this far below the speech level, so ordinary speech clears it.
 SPEECH_HEADROOM_DB: Final = 6.0
@@ -50,7 +51,7 @@ SPEECH_MIN_CONTRAST_DB: Final = 6.0
 LOW_CONTRAST_DB: Final = THRESHOLD_MARGIN_DB + SPEECH_HEADROOM_DB
 #: A configured fixed threshold this close to the floor opens on noise.
 NOISE_CLEARANCE_DB: Final = 3.0
-#: The range `gate.threshold_dbfs` accepts (dgd.config).
+#: The range `gate.threshold_dbfs` accepts (dgd.core.config).
 THRESHOLD_MIN_DBFS: Final = -100.0
 THRESHOLD_MAX_DBFS: Final = 0.0
 CLIP_HIGH: Final = 32767
@@ -65,7 +66,7 @@ PEAK_HOLD_S: Final = 1.5
 #: ssh); a pipe or log gets one line per 500 ms.
 TTY_REFRESH_S: Final = 0.1
 LINE_INTERVAL_S: Final = 0.5
-#: Opening a present device takes milliseconds; see dgd.devices.PROBE_TIMEOUT_S.
+#: Opening a present device takes milliseconds; see dgd.tools.devices.PROBE_TIMEOUT_S.
 OPEN_TIMEOUT_S: Final = 2.0
 #: A capture device delivers a period every period_ms; none for 2 s means it has stalled.
 READ_TIMEOUT_S: Final = 2.0

@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dgd.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
+from dgd.core.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
 
 if TYPE_CHECKING:
-    from dgd.pcm import PcmFormat
+    from dgd.core.pcm import PcmFormat
 
 
 @dataclass(frozen=True, slots=True)

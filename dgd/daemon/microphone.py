@@ -2,8 +2,8 @@
 
 ``Microphone.run`` opens the device through the audio-source port, waits for an absent or
 busy one (``DeviceRetry``), reopens one that stalls, and never opens it again while its own
-previous source still holds it (``dgd.capture``). ``check`` turns the heartbeat into the
-capture-health verdict (``dgd.health``): the events, the ``STATUS=`` text, a reopen, and
+previous source still holds it (``dgd.daemon.capture``). ``check`` turns the heartbeat into the
+capture-health verdict (``dgd.core.health``): the events, the ``STATUS=`` text, a reopen, and
 whether the watchdog may be fed.
 """
 
@@ -14,20 +14,20 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd.backoff import DeviceRetry
-from dgd.capture import DeviceError, Heartbeat, SourceSpec, read_periods
-from dgd.health import CaptureFacts, CaptureHealth, CaptureState
-from dgd.logsetup import event
+from dgd.core.backoff import DeviceRetry
+from dgd.core.health import CaptureFacts, CaptureHealth, CaptureState
+from dgd.daemon.capture import DeviceError, Heartbeat, SourceSpec, read_periods
+from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from dgd.capture import AudioSource, OpenSource
-    from dgd.config import Config
-    from dgd.events import PipelineOutput
-    from dgd.pcm import PcmFormat
-    from dgd.pipeline import CapturePipeline
-    from dgd.status import StatusBoard
+    from dgd.core.config import Config
+    from dgd.core.events import PipelineOutput
+    from dgd.core.pcm import PcmFormat
+    from dgd.core.pipeline import CapturePipeline
+    from dgd.core.status import StatusBoard
+    from dgd.daemon.capture import AudioSource, OpenSource
 
 #: How long a stop or a reopen waits for the source to hand over its last partial frame
 #: and release the device (it takes two reads' time, 0.2 s, unless stuck in the driver).
@@ -161,7 +161,7 @@ class Microphone:
         """An abandoned source still holds the device: wait for it before opening again.
 
         Nothing in-process can interrupt a call stuck inside alsa-lib or the driver, so the
-        watchdog stays unpetted meanwhile (``dgd.health``) and systemd restarts dgd if the
+        watchdog stays unpetted meanwhile (``dgd.core.health``) and systemd restarts dgd if the
         thread never lets go.
         """
         self._stuck = source

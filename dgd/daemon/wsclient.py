@@ -18,13 +18,13 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
-from dgd.messages import ABNORMAL_CLOSURE, MAX_MESSAGE_BYTES
+from dgd.core.messages import ABNORMAL_CLOSURE, MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
 #: Largest server message the WebSocket layer accepts: 8 × the parser's limit
-#: (``dgd.messages.MAX_MESSAGE_BYTES``). A message between the two is read, refused by the
+#: (``dgd.core.messages.MAX_MESSAGE_BYTES``). A message between the two is read, refused by the
 #: parser cheaply and logged as unrecognized, and the stream goes on; only one beyond this
 #: closes the connection (1009), so that an absurd message cannot cost a Pi its memory.
 MAX_WIRE_MESSAGE_BYTES: Final = 8 * MAX_MESSAGE_BYTES

@@ -2,7 +2,8 @@
 
 Every value here is a frozen, slotted dataclass named as a noun. Capture times are wall-clock
 seconds since the epoch (``time.time()`` at capture, corrected for continuity by
-``dgd.pipeline.CaptureClock``), because the contract's ``DGD_START``/``DGD_END`` are wall-clock.
+``dgd.core.pipeline.CaptureClock``), because the contract's ``DGD_START``/``DGD_END`` are
+wall-clock.
 This module does no I/O.
 """
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dgd.pcm import PcmFormat
+    from dgd.core.pcm import PcmFormat
 
 
 @dataclass(frozen=True, slots=True)

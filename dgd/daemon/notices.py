@@ -1,4 +1,4 @@
-"""The journal lines for what the capture pipeline notices (``dgd.events.CaptureNotice``).
+"""The journal lines for what the capture pipeline notices (``dgd.core.events.CaptureNotice``).
 
 One place says, in words an operator can act on, what each notice means.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from dgd.events import (
+from dgd.core.events import (
     CaptureNotice,
     DigitalSilence,
     GateClosed,
@@ -16,7 +16,7 @@ from dgd.events import (
     Overrun,
     SignalReturned,
 )
-from dgd.logsetup import event
+from dgd.daemon.logsetup import event
 
 
 def log_notice(item: CaptureNotice, device: str) -> None:

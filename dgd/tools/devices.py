@@ -2,7 +2,7 @@
 
 Each candidate (``default``, every capture PCM alsa-lib's name hints list, and
 ``plughw:``/``hw:CARD=<id>,DEV=0`` for every sound card) is opened for capture through
-`dgd.capture.open_pcm`, exactly as the daemon opens it, at the common rates and channel
+`dgd.daemon.capture.open_pcm`, exactly as the daemon opens it, at the common rates and channel
 counts, and closed again without reading: nothing is consumed or played. An open that blocks
 (a busy ``hw:`` device waits for its owner; a FIFO-fed ``file`` PCM waits for a writer) is
 interrupted after `PROBE_TIMEOUT_S` and reported as "did not answer".
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import alsaaudio
 
-from dgd.capture import DeviceError, DeviceProblem, open_pcm
-from dgd.pcm import PcmFormat
+from dgd.core.pcm import PcmFormat
+from dgd.daemon.capture import DeviceError, DeviceProblem, open_pcm
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -153,7 +153,7 @@ def _alarm(timeout_s: float) -> Iterator[list[bool]]:
 def open_with_timeout(
     device: str, fmt: PcmFormat, timeout_s: float, periods_per_read: int = 1
 ) -> Any:
-    """`dgd.capture.open_pcm`, interrupted if it blocks for longer than ``timeout_s``.
+    """`dgd.daemon.capture.open_pcm`, interrupted if it blocks for longer than ``timeout_s``.
 
     Must be called from the main thread (it uses SIGALRM).
 

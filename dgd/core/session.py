@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from dgd.backoff import Failure, classify_close, network_failure
-from dgd.events import AudioFrame, TimedWord, Transcript
-from dgd.messages import (
+from dgd.core.backoff import Failure, classify_close, network_failure
+from dgd.core.events import AudioFrame, TimedWord, Transcript
+from dgd.core.messages import (
     ABNORMAL_CLOSURE,
     CLOSESTREAM_MESSAGE,
     FINALIZE_MESSAGE,
@@ -31,7 +31,7 @@ from dgd.messages import (
     parse_close,
     parse_server_message,
 )
-from dgd.timemap import TimeMap
+from dgd.core.timemap import TimeMap
 
 
 class LocalProtocolError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dgd.status import duration_text
+from dgd.core.status import duration_text
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The supervisor: the one place that decides to retry, how soon, or to give up.
 
-It runs connections one after another. Each failure is classified (``dgd.backoff``), logged
+It runs connections one after another. Each failure is classified (``dgd.core.backoff``), logged
 as one journal line with the classification, the attempt number and the next delay, shown in
 ``STATUS=``, and followed by a wait that SIGHUP (a fixed key) or a stop cuts short. Audio that
 was sent but not confirmed by a final result goes back in front of the outbox (replay), so no
@@ -18,24 +18,24 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd import wsclient
-from dgd.backoff import (
+from dgd.core.backoff import (
     Failure,
     RetryPolicy,
     Verdict,
     classify_rejection,
     network_failure,
 )
-from dgd.events import FormatChange
-from dgd.link import LinkContext, LinkFailure, run_link
-from dgd.logsetup import event
-from dgd.messages import auth_headers, listen_url, parse_rejection
-from dgd.session import Session
+from dgd.core.events import FormatChange
+from dgd.core.messages import auth_headers, listen_url, parse_rejection
+from dgd.core.session import Session
+from dgd.daemon import wsclient
+from dgd.daemon.link import LinkContext, LinkFailure, run_link
+from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from dgd.config import Config
+    from dgd.core.config import Config
 
 log = logging.getLogger("dgd.supervisor")
 

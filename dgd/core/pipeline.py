@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dgd.events import (
+from dgd.core.events import (
     AudioFrame,
     DigitalSilence,
     FinalizeMarker,
@@ -29,11 +29,11 @@ from dgd.events import (
     PipelineOutput,
     SignalReturned,
 )
-from dgd.pcm import PcmFormat, is_digital_silence, level_dbfs
-from dgd.timemap import CONTIGUOUS_TOLERANCE_S
+from dgd.core.pcm import PcmFormat, is_digital_silence, level_dbfs
+from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S
 
 if TYPE_CHECKING:
-    from dgd.gate import Gate
+    from dgd.core.gate import Gate
 
 #: A read that returns later than this after the previous period's expected end is a gap
 #: (an overrun, a stall, a reopened device): the clock re-anchors to the wall clock. Smaller

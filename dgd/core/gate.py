@@ -276,7 +276,7 @@ class Gate(Generic[T]):
 
         Args:
             item: the caller's period object; the gate only stores and returns it.
-            level_dbfs: its level (``dgd.pcm.level_dbfs``).
+            level_dbfs: its level (``dgd.core.pcm.level_dbfs``).
 
         Returns:
             What to send now and whether the gate opened or closed on this period.

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgd import wsclient
-from dgd.backoff import Failure, network_failure, timeout_failure
-from dgd.events import AudioFrame, FormatChange, OutboxItem, Transcript
-from dgd.logsetup import event
-from dgd.messages import Metadata, Unrecognized
-from dgd.session import Confirmed, Marker, ReplayPacer, Session, SessionEvent
+from dgd.core.backoff import Failure, network_failure, timeout_failure
+from dgd.core.events import AudioFrame, FormatChange, OutboxItem, Transcript
+from dgd.core.messages import Metadata, Unrecognized
+from dgd.core.session import Confirmed, Marker, ReplayPacer, Session, SessionEvent
+from dgd.daemon import wsclient
+from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from dgd.config import StreamConfig
-    from dgd.outbox import Dropped, Outbox
-    from dgd.pcm import PcmFormat
+    from dgd.core.config import StreamConfig
+    from dgd.core.outbox import Dropped, Outbox
+    from dgd.core.pcm import PcmFormat
 
 log = logging.getLogger("dgd.link")
 

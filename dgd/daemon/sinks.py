@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from dgd.logsetup import event
+from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
-    from dgd.config import OutputConfig
-    from dgd.events import Transcript
+    from dgd.core.config import OutputConfig
+    from dgd.core.events import Transcript
 
 log = logging.getLogger("dgd.sinks")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dgd.config import Config
+    from dgd.core.config import Config
 
 #: The sections, in the order the ``reloaded`` event names them.
 SECTIONS = ("deepgram", "audio", "gate", "stream", "output", "log")

@@ -1,0 +1,1 @@
+"""The operator's tools: ``dgd devices``, ``dgd levels`` and ``dgd demo``."""
