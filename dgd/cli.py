@@ -86,6 +86,10 @@ PASSTHROUGH: Final = ("devices", "levels", "fake-server", "demo")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dgd`` command; returns the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["run"]:
+        # As early as possible: until the daemon listens for signals itself, SIGHUP's default
+        # action would end it (status 129, which systemd does not restart).
+        signal.signal(signal.SIGHUP, _remember_reload)
     if args_list and args_list[0] in PASSTHROUGH:
         return _passthrough(args_list[0], args_list[1:])
     parser = _parser()
@@ -184,7 +188,6 @@ def _device_problems(config: Config) -> list[str]:
 
 def run(path: str | None, log_target: str, log_level: str | None) -> int:
     """``dgd run``: the daemon in the foreground until SIGTERM/SIGINT."""
-    signal.signal(signal.SIGHUP, _remember_reload)
     import trio
 
     from dgd.core.config import ApiKey, ConfigError
@@ -228,10 +231,14 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     journal_send = logsetup.journal_module().send
     notifier = Notifier(os.environ)
     sinks = TranscriptSinks(config.output, journal_send, echo_to_log=chosen == "stderr")
-    daemon = Daemon(config, key, notifier=notifier, reload_config=reload, sinks=sinks)
-    if _early_reload:
-        logsetup.event("reload_pending", "SIGHUP before dgd was ready: reloading once it is")
-        daemon.request_reload()
+    daemon = Daemon(
+        config,
+        key,
+        notifier=notifier,
+        reload_config=reload,
+        sinks=sinks,
+        signals_before_start=_early_reload,
+    )
     try:
         trio.run(daemon.run, restrict_keyboard_interrupt_to_checkpoints=True)
     except KeyboardInterrupt:

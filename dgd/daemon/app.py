@@ -107,6 +107,8 @@ class Daemon:
         clock: the monotonic clock the audio source stamps the heartbeat with (the ALSA
             thread uses ``time.monotonic``; an in-memory source uses trio's clock).
         rng: randomness for backoff jitter.
+        signals_before_start: SIGHUPs recorded before the daemon listened for signals itself
+            (by ``dgd.cli``); a reload is carried out for them once it is ready.
     """
 
     def __init__(
@@ -121,7 +123,11 @@ class Daemon:
         connect: wsclient.Connector = wsclient.connect,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        signals_before_start: list[int] | None = None,
     ) -> None:
+        self._signals_before_start = (
+            signals_before_start if signals_before_start is not None else []
+        )
         self.config = config
         self.api_key = api_key
         self.notifier = notifier
@@ -188,6 +194,11 @@ class Daemon:
         """Receive signals for the daemon's whole life, so that none falls back to its default
         action (a second SIGTERM during shutdown, a SIGHUP before READY=1)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Checked only now that the receiver is open, so that none falls in between.
+            if self._signals_before_start:
+                self._signals_before_start.clear()
+                event("reload_pending", "SIGHUP before dgd was ready: reloading once it is")
+                self.request_reload()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:

@@ -9,6 +9,7 @@ whether the watchdog may be fed.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Final
 
@@ -91,7 +92,11 @@ class Microphone:
         """Keep one source running until the daemon stops; open the device again whenever it
         fails, or ``check`` asks for a reopen after a stall."""
         while not self._stopping.is_set():
-            await self._resume.wait()
+            # A reload may hold capture again (a new, unset ``_resume``) between the wake-up
+            # and here: wait for the newest one, so a source is never started with the
+            # configuration or pipeline a reload is about to replace.
+            while not self._resume.is_set():
+                await self._resume.wait()
             self._idle = trio.Event()
             config = self._config()
             fmt = self.pipeline.fmt
@@ -101,7 +106,7 @@ class Microphone:
                     fmt=fmt,
                     pipeline=self.pipeline,
                     deliver=self._deliver,
-                    on_opened=self._opened,
+                    on_opened=functools.partial(self._opened, config.audio.device),
                     heartbeat=self.heartbeat,
                     periods_per_read=read_periods(fmt, config.stream.frame_ms),
                 )
@@ -179,8 +184,7 @@ class Microphone:
         self._stuck = None
         event("capture_released", 'the stuck capture thread released "%s"', source.device)
 
-    def _opened(self) -> None:
-        device = self.device
+    def _opened(self, device: str) -> None:
         if not self._status.device_ok:
             event("device_opened", 'audio device "%s" opened; capturing', device, device=device)
         self.retry.opened()
