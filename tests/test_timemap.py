@@ -231,3 +231,17 @@ def test_contiguous_frames_map_within_a_microsecond() -> None:
         start_s, _ = frames[index]
         assert tm.to_wall(index * 0.1) == pytest.approx(start_s, abs=1e-6)
         assert tm.to_wall(index * 0.1, is_end=True) == pytest.approx(start_s, abs=1e-6)
+
+
+def test_a_boundary_reached_by_summed_durations_is_still_the_boundary() -> None:
+    """25 frames of 0.1 s put the next segment at offset 2.500000000000001; Deepgram says 2.5.
+    Seen in the VM: the first final after start-up came out at the end of the start-up audio,
+    2.9 s before the words were spoken."""
+    timemap = TimeMap()
+    for k in range(25):
+        timemap.append(1000.0 + k * 0.1, 0.1)
+    timemap.append(2000.0, 1.0)  # after a gap of gated silence
+    assert timemap.segments[1][0] != 2.5  # the float sum is not exact
+    assert timemap.to_wall(2.5) == 2000.0
+    assert timemap.to_wall(2.5, is_end=True) == pytest.approx(1002.5)
+    assert timemap.to_wall(3.0, is_end=True) == 2000.5

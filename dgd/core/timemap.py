@@ -62,17 +62,20 @@ class TimeMap:
     def to_wall(self, offset_s: float, *, is_end: bool = False) -> float:
         """Capture time of the audio at ``offset_s`` on this connection.
 
-        An offset exactly on the boundary between two segments is the end of the earlier one
-        when ``is_end`` (a transcript ending there) and the start of the later one otherwise.
+        An offset on the boundary between two segments is the end of the earlier one when
+        ``is_end`` (a transcript ending there) and the start of the later one otherwise. "On"
+        means within ``CONTIGUOUS_TOLERANCE_S``: segment offsets are sums of frame durations
+        (25 × 0.1 = 2.500000000000001), and Deepgram's 2.5 must still fall on the boundary
+        (seen on a real system: the first transcript after start-up stamped 2.9 s early).
         Offsets beyond what was sent extrapolate from the last segment; before anything was sent
         there is no answer and ``ValueError`` is raised.
         """
         if not self._segments:
             raise ValueError("no audio has been sent on this connection")
         index = (
-            bisect.bisect_left(self._starts, offset_s) - 1
+            bisect.bisect_left(self._starts, offset_s - CONTIGUOUS_TOLERANCE_S) - 1
             if is_end
-            else bisect.bisect_right(self._starts, offset_s) - 1
+            else bisect.bisect_right(self._starts, offset_s + CONTIGUOUS_TOLERANCE_S) - 1
         )
         segment = self._segments[max(index, 0)]
         return segment.wall_s + (offset_s - segment.offset_s)
