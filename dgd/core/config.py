@@ -14,6 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Final
 
+from dgd.core.gate import GATE_MODES
+from dgd.core.messages import AUDIO_QUERY_KEYS, SECRET_QUERY_KEYS
+
 DEFAULT_CONFIG_PATH: Final = "/etc/dgd.toml"
 #: Name of the systemd credential (``LoadCredential=deepgram-api-key:/etc/dgd/api-key``).
 CREDENTIAL_NAME: Final = "deepgram-api-key"
@@ -26,13 +29,7 @@ DEFAULT_QUERY: Final[tuple[tuple[str, str], ...]] = (
     ("smart_format", "true"),
     ("interim_results", "false"),
 )
-GATE_MODES: Final = ("off", "energy", "shadow")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-#: Query parameters dgd derives from [audio]; letting the user set them too could only disagree
-#: with what is actually sent (Deepgram then fails to decode: close 1008 DATA-0000).
-AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
-#: Query parameters whose values are credentials; ``redacted()`` hides them.
-SECRET_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "apikey", "key"})
 #: Deepgram closes a live stream after 10 s with neither audio nor a KeepAlive (NET-0001).
 DEEPGRAM_IDLE_TIMEOUT_S: Final = 10.0
 

@@ -41,8 +41,11 @@ MAX_REJECTION_BODY_BYTES: Final = 1 << 16
 ABNORMAL_CLOSURE: Final = 1006
 #: The close code of a stream that ended as asked (after ``CloseStream``).
 NORMAL_CLOSURE: Final = 1000
-#: Query keys dgd derives from ``[audio]``; a duplicate from ``[deepgram.query]`` would conflict.
+#: Query keys dgd derives from ``[audio]``; a duplicate from ``[deepgram.query]`` would conflict
+#: with what is actually sent (Deepgram then fails to decode: close 1008 DATA-0000).
 AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
+#: Query keys whose values are credentials: never printed or logged (config, fake server).
+SECRET_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "apikey", "key"})
 
 _JSON_TYPE_NAMES: Final[dict[type, str]] = {
     dict: "object",

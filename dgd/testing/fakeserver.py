@@ -34,6 +34,8 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
+from dgd.core.messages import SECRET_QUERY_KEYS
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -93,7 +95,6 @@ _CLOSE_HANDSHAKE_TIMEOUT_S: Final = 5.0
 _MAX_CONTROL_TEXT_CHARS: Final = 4096
 #: Longest text of a sent message kept verbatim in the recording (the 1 MB malformed one isn't).
 _MAX_RECORDED_TEXT_CHARS: Final = 65536
-_REDACTED_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "key"})
 
 #: Deepgram's handshake error bodies (errors.mdx), by HTTP status.
 _REJECTIONS: Final[dict[int, tuple[str, str]]] = {
@@ -1063,7 +1064,7 @@ def _decide(
 def _recordable_query(query: dict[str, list[str]]) -> dict[str, str | list[str]]:
     recorded: dict[str, str | list[str]] = {}
     for key, values in query.items():
-        if key.lower() in _REDACTED_QUERY_KEYS:
+        if key.lower() in SECRET_QUERY_KEYS:
             recorded[key] = "<redacted>"
         else:
             recorded[key] = values[0] if len(values) == 1 else values
