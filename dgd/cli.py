@@ -159,7 +159,7 @@ def check_config(path: str | None, *, open_device: bool) -> int:
 
 def _device_problems(config: Config) -> list[str]:
     """Open the device as ``dgd run`` would and check it delivers the configured format."""
-    from dgd.daemon.app import pcm_format
+    from dgd.core.pipeline import pcm_format
     from dgd.daemon.capture import DeviceError, read_periods
     from dgd.tools.devices import DeviceTimeout, open_with_timeout
 

@@ -29,11 +29,12 @@ from dgd.core.events import (
     PipelineOutput,
     SignalReturned,
 )
+from dgd.core.gate import Gate
 from dgd.core.pcm import PcmFormat, is_digital_silence, level_dbfs
 from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S
 
 if TYPE_CHECKING:
-    from dgd.core.gate import Gate
+    from dgd.core.config import Config
 
 #: A read that returns later than this after the previous period's expected end is a gap
 #: (an overrun, a stall, a reopened device): the clock re-anchors to the wall clock. Smaller
@@ -250,3 +251,29 @@ class CapturePipeline:
             out.append(SignalReturned(period.start_s, period.start_s - self._zeros_since_s))
         self._zeros_since_s = None
         self._zeros_reported = False
+
+
+def pcm_format(config: Config) -> PcmFormat:
+    """The capture format the config asks for."""
+    return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
+
+
+def make_pipeline(config: Config) -> CapturePipeline:
+    """The capture pipeline for the config's format, gate and frame size."""
+    pipeline = CapturePipeline(
+        pcm_format(config), make_gate(config, config.audio.period_ms), config.stream.frame_ms
+    )
+    pipeline.finalize_on_close = config.gate.mode != "shadow"
+    return pipeline
+
+
+def make_gate(config: Config, period_ms: int) -> Gate[Period]:
+    """A gate from ``[gate]`` for periods of ``period_ms``."""
+    gate = config.gate
+    return Gate(
+        mode=gate.mode,
+        threshold_dbfs=gate.threshold_dbfs,
+        preroll_ms=gate.preroll_ms,
+        hangover_ms=gate.hangover_ms,
+        period_ms=period_ms,
+    )

@@ -23,22 +23,17 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd.core.config import ApiKey, Config, ConfigError
 from dgd.core.events import (
     AudioFrame,
     FinalizeMarker,
     FormatChange,
     GateClosed,
     GateOpened,
-    Period,
     PipelineOutput,
     Transcript,
 )
-from dgd.core.gate import Gate
 from dgd.core.outbox import Outbox
-from dgd.core.pcm import PcmFormat
-from dgd.core.pipeline import CapturePipeline
-from dgd.core.reload import plan_reload, refuse
+from dgd.core.pipeline import make_pipeline, pcm_format
 from dgd.core.session import DuplicateFilter
 from dgd.core.stats import StatsRecord
 from dgd.core.status import StatusBoard
@@ -48,15 +43,17 @@ from dgd.daemon.capture import (
     open_alsa,
 )
 from dgd.daemon.link import LinkContext, OutboxFeed
-from dgd.daemon.logsetup import event, flush_repeats, set_level
+from dgd.daemon.logsetup import event, flush_repeats
 from dgd.daemon.microphone import Microphone
 from dgd.daemon.notices import log_notice
+from dgd.daemon.reloader import Reloader
 from dgd.daemon.supervisor import Supervisor
 
 if TYPE_CHECKING:
     import random
     from collections.abc import Callable
 
+    from dgd.core.config import ApiKey, Config
     from dgd.daemon.sdnotify import Notifier
     from dgd.daemon.sinks import TranscriptSinks
 
@@ -64,32 +61,6 @@ log = logging.getLogger("dgd.app")
 
 #: The monitor's tick: stall detection resolution and STATUS refresh.
 MONITOR_TICK_S: Final = 1.0
-
-
-def pcm_format(config: Config) -> PcmFormat:
-    """The capture format the config asks for."""
-    return PcmFormat(config.audio.rate, config.audio.channels, config.audio.period_ms)
-
-
-def make_pipeline(config: Config) -> CapturePipeline:
-    """The capture pipeline for the config's format, gate and frame size."""
-    pipeline = CapturePipeline(
-        pcm_format(config), make_gate(config, config.audio.period_ms), config.stream.frame_ms
-    )
-    pipeline.finalize_on_close = config.gate.mode != "shadow"
-    return pipeline
-
-
-def make_gate(config: Config, period_ms: int) -> Gate[Period]:
-    """A gate from ``[gate]`` for periods of ``period_ms``."""
-    gate = config.gate
-    return Gate(
-        mode=gate.mode,
-        threshold_dbfs=gate.threshold_dbfs,
-        preroll_ms=gate.preroll_ms,
-        hangover_ms=gate.hangover_ms,
-        period_ms=period_ms,
-    )
 
 
 class Daemon:
@@ -131,7 +102,6 @@ class Daemon:
         self.config = config
         self.api_key = api_key
         self.notifier = notifier
-        self._reload_config = reload_config
         self.sinks = sinks
         self.feed = OutboxFeed(Outbox(pcm_format(config), config.stream.replay_buffer_s))
         self.duplicates = DuplicateFilter()
@@ -162,7 +132,7 @@ class Daemon:
             stopping=self.stopping,
         )
         self._root: trio.Nursery | None = None
-        self._reload_requested = trio.Event()
+        self.reloader = Reloader(self, reload_config)
         self._stop_requested = False
         self.dropped_by_cause: dict[str, float] = {}
 
@@ -182,7 +152,7 @@ class Daemon:
             event("started", "dgd is running: %s", self.status.render())
             root.start_soon(self._monitor)
             # Started after READY=1: a SIGHUP that came earlier is carried out now.
-            root.start_soon(self._reloader)
+            root.start_soon(self.reloader.run)
 
     async def _supervisor_task(self, done: trio.Event) -> None:
         try:
@@ -334,106 +304,8 @@ class Daemon:
         self._publish_status()
         event("stats", "%s", stats.summary(), fields_map=stats.fields())
 
-    # -- reload --------------------------------------------------------------------------
+    # -- reload (dgd.daemon.reloader executes the plans) ----------------------------------
 
     def request_reload(self) -> None:
-        """SIGHUP: re-read the config and the key as soon as the reloader is free (requests
-        that arrive meanwhile make one more reload, of the newest file)."""
-        if self.stopping.is_set():
-            event("reload_ignored", "SIGHUP ignored: dgd is stopping")
-            return
-        self._reload_requested.set()
-
-    async def _reloader(self) -> None:
-        while not self.stopping.is_set():
-            await self._reload_requested.wait()
-            self._reload_requested = trio.Event()
-            if not self.stopping.is_set():
-                await self.reload()
-
-    async def reload(self) -> None:
-        """Re-read config and key; carry out the plan (``dgd.core.reload``). An invalid new config
-        is refused and the running one stays."""
-        self.notifier.reloading()
-        if self._reload_config is None:
-            self.notifier.ready(self.status.render())
-            return
-        try:
-            new_config, new_key = self._reload_config()
-        except ConfigError as exc:
-            event(
-                "reload_failed",
-                "reload refused, the running configuration stays in force:\n%s",
-                "\n".join(refuse(str(exc)).refused),
-                level=logging.ERROR,
-            )
-            self.notifier.ready(self.status.render())
-            return
-        old = self.config
-        plan = plan_reload(old, new_config, key_changed=new_key.value != self.api_key.value)
-        self.config, self.api_key = new_config, new_key
-        if plan.apply_in_place:
-            self._apply_in_place(old, new_config)
-        if plan.reopen_capture:
-            await self._reopen_capture()
-        if plan.reconnect:
-            self._reconnect_gracefully()
-        if self.supervisor.last_failure is not None:
-            self.supervisor.retry_now()  # a fixed key or URL is tried at once
-        event(
-            "reloaded",
-            "configuration reloaded (%s changed)",
-            ", ".join(plan.changed) or "nothing",
-            changed=",".join(plan.changed),
-        )
-        self.notifier.ready(self.status.render())
-
-    def _apply_in_place(self, old: Config, new: Config) -> None:
-        """Gate, output, stream and log settings take effect at once."""
-        if new.gate != old.gate:
-            gate = new.gate
-            self.mic.pipeline.gate.reconfigure(
-                mode=gate.mode,
-                threshold_dbfs=gate.threshold_dbfs,
-                preroll_ms=gate.preroll_ms,
-                hangover_ms=gate.hangover_ms,
-            )
-            self.status.gate_mode = gate.mode
-            self.mic.pipeline.finalize_on_close = gate.mode != "shadow"
-        self.sinks.reconfigure(new.output)
-        self.link.stream = new.stream
-        self.mic.pipeline.set_frame_ms(new.stream.frame_ms)
-        self.feed.outbox.replay_buffer_s = new.stream.replay_buffer_s
-        self.supervisor.apply_stream_config()
-        set_level(new.log.level)
-
-    def _reconnect_gracefully(self) -> None:
-        """End the current stream with CloseStream (its finals arrive, nothing is lost); the
-        supervisor then connects again with the settings now in force."""
-        if self.supervisor.connected:
-            self.link.close_requested.set()
-            self.feed.poke()
-
-    def _format_changed(self, fmt: PcmFormat) -> None:
-        self.feed.put(FormatChange(fmt))
-
-    async def _reopen_capture(self) -> None:
-        """Open capture again with the ``[audio]`` now in ``self.config``.
-
-        Capture stops only while the device is closed and opened again. When the rate or the
-        channel count changed, a ``FormatChange`` goes into the outbox behind the last audio
-        of the old format: the link sends that audio on the current stream, ends it, and the
-        next handshake declares the new format (``dgd.daemon.link``, ``dgd.daemon.supervisor``).
-        """
-        audio = self.config.audio
-        new_fmt = pcm_format(self.config)
-        new_pipeline = make_pipeline(self.config) if new_fmt != self.mic.pipeline.fmt else None
-        await self.mic.reopen(new_pipeline, before_resuming=self._format_changed)
-        event(
-            "reload_audio",
-            'capture reopens: device "%s", %d Hz, %d channel(s), %d ms periods',
-            audio.device,
-            audio.rate,
-            audio.channels,
-            audio.period_ms,
-        )
+        """SIGHUP: re-read the config and the key as soon as the reloader is free."""
+        self.reloader.request()
