@@ -8,8 +8,8 @@ gate, no keep-alive, no reconnect. It captures through the same real ALSA path a
 FifoMic-fed ``file`` PCM).
 
 The SDK has no URL option: its address comes from the client's environment, so a custom
-``DeepgramClientEnvironment`` points every endpoint at the local server (shared/deepgram.md,
-appendix). The SDK's ``websockets`` client offers permessage-deflate; ``dgd fake-server``
+``DeepgramClientEnvironment`` points every endpoint at the local server (docs/DEEPGRAM.md §7).
+The SDK's ``websockets`` client offers permessage-deflate; ``dgd fake-server``
 (trio-websocket, which accepts no extensions) declines it, so frames go uncompressed, like
 dgd's.
 

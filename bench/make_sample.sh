@@ -5,7 +5,7 @@
 # five short spoken sentences separated by exact digital silence, with one 16 s pause so
 # a run shows KeepAlive frames (Deepgram closes an idle stream after 10 s). Deterministic:
 # espeak-ng output is identical run to run, and `sox -D` turns dither off so silence is
-# exact zeros (testing.md §6). Needs espeak-ng, sox and python3.
+# exact zeros (docs/TESTING.md). Needs espeak-ng, sox and python3.
 #
 # Usage: bench/make_sample.sh [OUT_DIR]   (default: dgd/data next to this script)
 set -euo pipefail

@@ -61,7 +61,7 @@ BYTES_PER_S: Final = RATE_HZ * 2
 PERIOD_MS: Final = 20
 PERIOD_BYTES: Final = BYTES_PER_S * PERIOD_MS // 1000
 #: Played audio is a whole number of these (200 ms): a multiple of every FifoMic chunk the
-#: clients use (20, 40 and 100 ms), so no write is ever a partial ALSA read (testing.md §2).
+#: clients use (20, 40 and 100 ms), so no write is ever a partial ALSA read (docs/TESTING.md).
 ALIGN_BYTES: Final = 10 * PERIOD_BYTES
 API_KEY: Final = "bench-key"
 PCM_NAME: Final = "benchmic"

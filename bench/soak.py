@@ -89,7 +89,7 @@ RATE_HZ: Final = 16000
 BYTES_PER_S: Final = RATE_HZ * 2
 PERIOD_BYTES: Final = 640  # 20 ms periods, as the daemon config below opens them
 #: The daemon reads a whole frame (frame_ms = 100 below, within capture.MAX_READ_MS) per ALSA
-#: read, and every FifoMic write must be whole reads (testing.md §2): 5 periods per write.
+#: read, and every FifoMic write must be whole reads (docs/TESTING.md): 5 periods per write.
 CHUNK_PERIODS: Final = 5
 PCM_NAME: Final = "dgdsoak"
 API_KEY: Final = "soak-key"
@@ -285,7 +285,7 @@ def plan_faults(
 
 
 def write_config(path: Path, *, url: str, jsonl: Path) -> None:
-    """The daemon config of the soak (design.md §1 keys)."""
+    """The daemon config of the soak (keys as in docs/CONFIG.md)."""
     path.write_text(
         "# Written by bench/soak.py.\n"
         "[deepgram]\n"

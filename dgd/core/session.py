@@ -3,7 +3,7 @@
 One ``Session`` lives as long as one WebSocket connection. It turns audio frames and control
 commands into what goes on the wire, parses what comes back into events with wall-clock times
 (through the connection's ``TimeMap``), and says when the next ``KeepAlive`` is due. It never
-sends an empty binary frame: Deepgram reads one as "close the stream" (deepgram.md §2).
+sends an empty binary frame: Deepgram reads one as "close the stream" (docs/DEEPGRAM.md).
 Time (``now``) is a parameter: a monotonic clock reading chosen by the caller.
 This module does no I/O.
 """

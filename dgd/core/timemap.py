@@ -1,7 +1,7 @@
 """Map a connection's audio offsets back to the wall-clock time the audio was captured.
 
 Deepgram's ``start``/``duration`` and word times count only the audio it received on one
-connection (deepgram.md §7): gated silence and the time spent disconnected do not advance
+connection (docs/DEEPGRAM.md): gated silence and the time spent disconnected do not advance
 them, and every new connection starts again at 0. Each connection therefore keeps a
 ``TimeMap``: a list of segments "connection offset → capture time", one per run of contiguous
 audio. This module does no I/O.

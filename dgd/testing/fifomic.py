@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 #: POSIX guarantees writes of at most PIPE_BUF (4096 on Linux) bytes to a pipe are atomic,
-#: so the reader never sees half a chunk (testing.md §2: partial periods corrupt the stream).
+#: so the reader never sees half a chunk (docs/TESTING.md: partial reads corrupt the stream).
 MAX_WRITE_BYTES: Final = 4096
 SAMPLE_WIDTH_BYTES: Final = 2
 #: How often the writer re-checks for a reader, for `close()`, and for a full pipe to drain.
@@ -67,7 +67,7 @@ class FifoMic:
 
     The stream is one endless sequence of bytes: whatever `play` queued, and digital silence
     (zeros) whenever the queue is empty, so the reader never runs past the data (reading past
-    the end of an alsa ``file`` infile yields garbage, testing.md §2). Every ``write()`` is a
+    the end of an alsa ``file`` infile yields garbage, docs/TESTING.md). Every ``write()`` is a
     whole number of periods and at most 4096 bytes.
 
     Pacing follows a sound card: a chunk is written once the audio in it "has happened", i.e.

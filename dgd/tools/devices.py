@@ -41,7 +41,7 @@ PROBE_PERIOD_MS: Final = 20
 #: is waiting for something (the device's current owner, a FIFO writer) and would block the
 #: daemon in the same way.
 PROBE_TIMEOUT_S: Final = 1.0
-#: alsa-lib's capture PCM that returns uninitialised memory (testing.md §2): it always opens,
+#: alsa-lib's capture PCM that returns uninitialised memory (docs/TESTING.md): it always opens,
 #: and it is not a microphone, so it is neither listed nor counted.
 NOT_A_MICROPHONE: Final = frozenset({"null"})
 
