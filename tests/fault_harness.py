@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from harness import (
+from dgd.testing.fifomic import write_alsa_conf
+from tests.harness import (
     BYTES_PER_S,
     E2E_API_KEY,
     ONSET_TOLERANCE_S,
@@ -36,8 +37,6 @@ from harness import (
     journal_text,
     parse_rfc3339,
 )
-
-from dgd.testing.fifomic import write_alsa_conf
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -78,7 +77,7 @@ def write_fault_config(
     stream: Mapping[str, float],
     api_key_file: Path | None = None,
 ) -> None:
-    """A daemon config (design.md §1): 16 kHz mono, 20 ms periods, energy gate at -50 dBFS,
+    """A daemon config (docs/CONFIG.md): 16 kHz mono, 20 ms periods, energy gate at -50 dBFS,
     the given ``[stream]`` keys, transcripts to journald and ``jsonl``."""
     deepgram = f"url = {json.dumps(url)}\n"
     if api_key_file is not None:

@@ -2,7 +2,7 @@
 journald (read back with ``journalctl -o json``), a real NOTIFY_SOCKET, the fake Deepgram server
 and the daemon as subprocesses, and the ground truth of the bundled sample.
 
-Import the fixtures you use explicitly (``from harness import alsa_mic_fixture  # noqa: F401``
+Import the fixtures you use explicitly (``from tests.harness import alsa_mic_fixture  # noqa: F401``
 provides the fixture ``alsa_mic``); they live here rather than in conftest.py so that this file
 has a single owner.
 """
@@ -263,7 +263,7 @@ def write_daemon_config(
     journald: bool = True,
     extra: str = "",
 ) -> None:
-    """Write a daemon config (design.md §1) for the tests: 16 kHz mono, 20 ms periods.
+    """Write a daemon config (docs/CONFIG.md) for the tests: 16 kHz mono, 20 ms periods.
 
     ``extra`` is appended verbatim; it may only add tables this function does not write
     (e.g. ``[deepgram.query]``), since TOML forbids defining a table twice.

@@ -20,8 +20,11 @@ from typing import Any
 
 import alsaaudio
 import pytest
-from harness import (  # the fixtures are imported by name for pytest
+
+from dgd.testing.fifomic import alsa_config_path, write_alsa_conf
+from tests.harness import (  # the fixtures are imported by name for pytest
     BYTES_PER_S,
+    AlsaMic,
     ClipUtterance,
     DaemonProcess,
     FakeServerProcess,
@@ -44,8 +47,6 @@ from harness import (  # the fixtures are imported by name for pytest
     server_records,
     write_daemon_config,
 )
-
-from dgd.testing.fifomic import alsa_config_path, write_alsa_conf
 
 PERIOD_FRAMES = 320
 PERIOD_BYTES = PERIOD_FRAMES * 2
@@ -95,7 +96,7 @@ class Reader:
 
 
 @pytest.fixture
-def alsa_env(alsa_mic, monkeypatch):
+def alsa_env(alsa_mic: AlsaMic, monkeypatch: pytest.MonkeyPatch) -> AlsaMic:
     monkeypatch.setenv("ALSA_CONFIG_PATH", alsa_config_path(alsa_mic.conf))
     return alsa_mic
 
@@ -103,7 +104,7 @@ def alsa_env(alsa_mic, monkeypatch):
 # ---- ALSA + FIFO ---------------------------------------------------------------------------
 
 
-def test_alsa_conf_defines_the_capture_pcm(tmp_path, monkeypatch):
+def test_alsa_conf_defines_the_capture_pcm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "a.conf"
     write_alsa_conf(conf, "dgdconfcheck", tmp_path / "in.raw")
     assert alsa_config_path(conf) == f"/usr/share/alsa/alsa.conf:{conf}"
@@ -115,7 +116,9 @@ def test_alsa_conf_defines_the_capture_pcm(tmp_path, monkeypatch):
     ("chunk_periods", "length"),
     [(1, 6400), (2, 6402), (6, 24_690)],
 )
-def test_bytes_read_equal_bytes_played(tmp_path, monkeypatch, chunk_periods, length):
+def test_bytes_read_equal_bytes_played(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_periods: int, length: int
+) -> None:
     conf, fifo = tmp_path / "alsa.conf", tmp_path / "mic.fifo"
     write_alsa_conf(conf, "dgdexact", fifo)
     monkeypatch.setenv("ALSA_CONFIG_PATH", alsa_config_path(conf))
@@ -143,7 +146,7 @@ def test_bytes_read_equal_bytes_played(tmp_path, monkeypatch, chunk_periods, len
         ([639, 1, 1280], [0, 3200, 6400]),
     ],
 )
-def test_play_returns_exact_offsets(tmp_path, lengths, offsets):
+def test_play_returns_exact_offsets(tmp_path: Path, lengths: list[int], offsets: list[int]) -> None:
     # No reader: the writer takes nothing, so offsets count only the queue, padded to whole
     # writes (5 periods of 640 bytes by default).
     with FifoMic(tmp_path / "mic.fifo") as mic:
@@ -154,7 +157,7 @@ def test_play_returns_exact_offsets(tmp_path, lengths, offsets):
         assert mic.readers_seen == 0
 
 
-def test_timeline_and_capture_times(alsa_env):
+def test_timeline_and_capture_times(alsa_env: AlsaMic) -> None:
     mic = alsa_env.mic
     pcm = _open_pcm(mic, alsa_env.pcm_name)
     start = mic.play(_noise(16_000, seed=7))  # 0.5 s
@@ -180,7 +183,7 @@ def test_timeline_and_capture_times(alsa_env):
         mic.capture_time(-1)
 
 
-def test_speed_factor_scales_capture_times(tmp_path, monkeypatch):
+def test_speed_factor_scales_capture_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf, fifo = tmp_path / "alsa.conf", tmp_path / "mic.fifo"
     write_alsa_conf(conf, "dgdfast", fifo)
     monkeypatch.setenv("ALSA_CONFIG_PATH", alsa_config_path(conf))
@@ -194,7 +197,7 @@ def test_speed_factor_scales_capture_times(tmp_path, monkeypatch):
         assert t1 - t0 >= 0  # ordering only; the rate is a benchmark's business
 
 
-def test_stall_blocks_the_read_until_writing_resumes(alsa_env):
+def test_stall_blocks_the_read_until_writing_resumes(alsa_env: AlsaMic) -> None:
     mic = alsa_env.mic
     pcm = _open_pcm(mic, alsa_env.pcm_name)
     before = mic.play(_noise(6400, seed=1))
@@ -218,7 +221,7 @@ def test_stall_blocks_the_read_until_writing_resumes(alsa_env):
     assert first_after >= timeline[resume - 1][1]
 
 
-def test_reopened_reader_continues_the_stream(alsa_env):
+def test_reopened_reader_continues_the_stream(alsa_env: AlsaMic) -> None:
     mic = alsa_env.mic
     data = _noise(32_000, seed=3)
     start = mic.play(data)
@@ -235,7 +238,7 @@ def test_reopened_reader_continues_the_stream(alsa_env):
     assert mic.readers_seen == 2
 
 
-def test_close_without_a_reader_returns_and_removes_the_fifo(tmp_path):
+def test_close_without_a_reader_returns_and_removes_the_fifo(tmp_path: Path) -> None:
     mic = FifoMic(tmp_path / "mic.fifo")
     assert (tmp_path / "mic.fifo").exists()
     assert not mic.wait_reader(0.05)
@@ -253,7 +256,7 @@ def test_close_without_a_reader_returns_and_removes_the_fifo(tmp_path):
         ({"speed": 0.0}, "speed must be > 0"),
     ],
 )
-def test_bad_fifo_mic_arguments(tmp_path, kwargs, message):
+def test_bad_fifo_mic_arguments(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FifoMic(tmp_path / "mic.fifo", **kwargs)
     assert not (tmp_path / "mic.fifo").exists()
@@ -262,7 +265,7 @@ def test_bad_fifo_mic_arguments(tmp_path, kwargs, message):
 # ---- ground truth --------------------------------------------------------------------------
 
 
-def test_sample_ground_truth_matches_the_audio():
+def test_sample_ground_truth_matches_the_audio() -> None:
     data, utterances = load_sample()
     meta = json.loads((Path(__file__).parent.parent / "dgd/data/sample.json").read_text())
     assert len(data) == meta["bytes"] < 1_500_000
@@ -283,7 +286,7 @@ def test_sample_ground_truth_matches_the_audio():
         assert u.start_byte % 2 == u.end_byte % 2 == 0
 
 
-def test_compose_clip_places_utterances_exactly():
+def test_compose_clip_places_utterances_exactly() -> None:
     sample = bytes(range(256)) * 4
     a = SampleUtterance(0, "a", 10, 20)
     b = SampleUtterance(3, "b", 100, 104)
@@ -307,7 +310,7 @@ def test_compose_clip_places_utterances_exactly():
         (b"", [], []),
     ],
 )
-def test_find_in_order(haystack, needles, expected):
+def test_find_in_order(haystack: bytes, needles: list[bytes], expected: list[int]) -> None:
     assert find_in_order(haystack, needles) == expected
 
 
@@ -330,7 +333,7 @@ def _r(conn: int, t: float, kind: str) -> dict[str, Any]:
         ),
     ],
 )
-def test_client_message_gaps(records, expected):
+def test_client_message_gaps(records: list[dict[str, Any]], expected: dict[int, float]) -> None:
     assert client_message_gaps_s(records) == expected
 
 
@@ -344,7 +347,7 @@ def test_client_message_gaps(records, expected):
         ((5.1, 6.0), 0.0, [2]),
     ],
 )
-def test_overlapping(interval, slack, expected):
+def test_overlapping(interval: tuple[float, float], slack: float, expected: list[int]) -> None:
     assert overlapping(interval, [(1.5, 2.0), (3.0, 4.0), (5.0, 5.5)], slack) == expected
 
 
@@ -357,12 +360,12 @@ def test_overlapping(interval, slack, expected):
         ("1970-01-01T01:00:00+01:00", 0.0),
     ],
 )
-def test_parse_rfc3339(text, expected):
+def test_parse_rfc3339(text: str, expected: float) -> None:
     assert parse_rfc3339(text) == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.parametrize("text", ["1970-01-01T00:00:01", "yesterday", ""])
-def test_parse_rfc3339_rejects(text):
+def test_parse_rfc3339_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rfc3339(text)
 
@@ -374,16 +377,16 @@ def test_parse_rfc3339_rejects(text):
         *[("false", False), ("0", False), ("no", False)],
     ],
 )
-def test_journal_bool(value, expected):
+def test_journal_bool(value: str, expected: bool) -> None:
     assert journal_bool(value) is expected
 
 
-def test_journal_bool_rejects():
+def test_journal_bool_rejects() -> None:
     with pytest.raises(ValueError, match="maybe"):
         journal_bool("maybe")
 
 
-def test_server_record_readers(tmp_path):
+def test_server_record_readers(tmp_path: Path) -> None:
     (tmp_path / "conn-0002.jsonl").write_text('{"t": 5.0, "kind": "handshake"}\n')
     (tmp_path / "conn-0001.jsonl").write_text(
         '{"t": 1.0, "kind": "handshake"}\n\n{"t": 1.5, "kind": "binary", "len": 3, "offset": 0}\n'
@@ -398,7 +401,7 @@ def test_server_record_readers(tmp_path):
     assert server_audio(tmp_path) == b"abcDEF"
 
 
-def test_write_daemon_config_is_valid_toml(tmp_path):
+def test_write_daemon_config_is_valid_toml(tmp_path: Path) -> None:
     import tomllib
 
     path = tmp_path / "dgd.toml"
@@ -448,7 +451,9 @@ def _stand_in(tmp_path: Path, listener: NotifyListener, source: str) -> DaemonPr
     )
 
 
-def test_notify_listener_and_daemon_process(tmp_path, notify_listener):
+def test_notify_listener_and_daemon_process(
+    tmp_path: Path, notify_listener: NotifyListener
+) -> None:
     with _stand_in(tmp_path, notify_listener, STAND_IN) as proc:
         assert notify_listener.wait_for("READY=1", 20), proc.output()
         assert proc.poll() is None
@@ -460,7 +465,7 @@ def test_notify_listener_and_daemon_process(tmp_path, notify_listener):
     assert notes[0].t == notes[1].t <= notes[2].t  # one datagram, then another
 
 
-def test_notify_listener_abstract_address_for_long_paths(tmp_path):
+def test_notify_listener_abstract_address_for_long_paths(tmp_path: Path) -> None:
     long_dir = tmp_path / ("d" * 100)
     long_dir.mkdir()
     with NotifyListener(long_dir / "notify.sock") as listener:
@@ -471,7 +476,9 @@ def test_notify_listener_abstract_address_for_long_paths(tmp_path):
         assert listener.wait_for("STATUS=abstract", 5)
 
 
-def test_terminate_kills_a_daemon_that_ignores_sigterm(tmp_path, notify_listener):
+def test_terminate_kills_a_daemon_that_ignores_sigterm(
+    tmp_path: Path, notify_listener: NotifyListener
+) -> None:
     with _stand_in(tmp_path, notify_listener, STUBBORN) as proc:
         assert notify_listener.wait_for("READY=1", 20), proc.output()
         with pytest.raises(TimeoutError, match=r"did not exit within 0\.3 s"):
@@ -479,7 +486,9 @@ def test_terminate_kills_a_daemon_that_ignores_sigterm(tmp_path, notify_listener
         assert proc.poll() is not None
 
 
-def test_journal_entries_of_a_child_process(tmp_path, journald, notify_listener):
+def test_journal_entries_of_a_child_process(
+    tmp_path: Path, journald: None, notify_listener: NotifyListener
+) -> None:
     with _stand_in(tmp_path, notify_listener, STAND_IN) as proc:
         assert notify_listener.wait_for("READY=1", 20), proc.output()
         entries = journal_entries(10.0, 1, _PID=str(proc.pid), DGD_EVENT="stand_in")
@@ -503,7 +512,7 @@ def _fake_server_reason() -> str | None:
     return None
 
 
-async def test_fake_server_records_what_the_client_sent(tmp_path):
+async def test_fake_server_records_what_the_client_sent(tmp_path: Path) -> None:
     reason = _fake_server_reason()
     if reason is not None:
         pytest.skip(reason)

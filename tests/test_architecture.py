@@ -63,15 +63,14 @@ def violations(source: str) -> list[str]:
     """What in ``source`` (one core module) breaks the rule, as ``line: what``."""
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            names = [node.module or ""] if node.level == 0 else []
-        else:
-            names = []
-        for name in names:
-            if not (name == "dgd.core" or name.startswith("dgd.core.") or name in PURE_STDLIB):
-                found.append(f"{node.lineno}: imports {name}")
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                names = [node.module or ""] if node.level == 0 else []
+            for name in names:
+                if not (name == "dgd.core" or name.startswith("dgd.core.") or name in PURE_STDLIB):
+                    found.append(f"{node.lineno}: imports {name}")
         if isinstance(node, ast.Call):
             name = dotted(node.func)
             method = node.func.attr if isinstance(node.func, ast.Attribute) else ""

@@ -7,10 +7,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "clitestkey0123456789"
@@ -29,7 +33,7 @@ def dgd(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def mic_env(tmp_path: Path):
+def mic_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     conf, fifo = tmp_path / "alsa.conf", tmp_path / "mic.fifo"
     write_alsa_conf(conf, "dgdcli", fifo)
     env = {
@@ -42,7 +46,9 @@ def mic_env(tmp_path: Path):
         yield env
 
 
-def test_check_config_prints_the_effective_config_with_the_key_redacted(tmp_path, mic_env):
+def test_check_config_prints_the_effective_config_with_the_key_redacted(
+    tmp_path: Path, mic_env: dict[str, str]
+) -> None:
     config = tmp_path / "dgd.toml"
     config.write_text('[audio]\ndevice = "dgdcli"\n[gate]\nhangover_ms = 900\n', "utf-8")
     result = dgd("check-config", "-c", str(config), env=mic_env)
@@ -53,7 +59,9 @@ def test_check_config_prints_the_effective_config_with_the_key_redacted(tmp_path
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_check_config_names_every_bad_key_and_exits_78(tmp_path, mic_env):
+def test_check_config_names_every_bad_key_and_exits_78(
+    tmp_path: Path, mic_env: dict[str, str]
+) -> None:
     config = tmp_path / "dgd.toml"
     config.write_text("[gate]\nhangover_ms = -5\n[stream]\nkeepalive_interval_s = 12\n", "utf-8")
     result = dgd("check-config", "-c", str(config), env=mic_env)
@@ -62,7 +70,7 @@ def test_check_config_names_every_bad_key_and_exits_78(tmp_path, mic_env):
     assert "stream.keepalive_interval_s" in result.stderr
 
 
-def test_check_config_reports_a_missing_device(tmp_path, mic_env):
+def test_check_config_reports_a_missing_device(tmp_path: Path, mic_env: dict[str, str]) -> None:
     config = tmp_path / "dgd.toml"
     config.write_text('[audio]\ndevice = "nosuchmic"\n', "utf-8")
     result = dgd("check-config", "-c", str(config), env=mic_env)
@@ -70,7 +78,9 @@ def test_check_config_reports_a_missing_device(tmp_path, mic_env):
     assert 'audio.device: audio device "nosuchmic": no such device' in result.stderr
 
 
-def test_check_config_warns_about_a_readable_key_file(tmp_path, mic_env):
+def test_check_config_warns_about_a_readable_key_file(
+    tmp_path: Path, mic_env: dict[str, str]
+) -> None:
     key = tmp_path / "api-key"
     key.write_text(SECRET + "\n", "utf-8")
     key.chmod(0o644)
@@ -82,7 +92,7 @@ def test_check_config_warns_about_a_readable_key_file(tmp_path, mic_env):
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_run_exits_78_on_a_bad_config_and_says_why(tmp_path, mic_env):
+def test_run_exits_78_on_a_bad_config_and_says_why(tmp_path: Path, mic_env: dict[str, str]) -> None:
     config = tmp_path / "dgd.toml"
     config.write_text("[audio]\nrate = 44100\nperiod_ms = 25\n", "utf-8")
     result = dgd("run", "-c", str(config), "--log-target", "stderr", env=mic_env)
@@ -91,5 +101,5 @@ def test_run_exits_78_on_a_bad_config_and_says_why(tmp_path, mic_env):
     assert "invalid configuration, not starting" in result.stderr
 
 
-def test_bad_usage_exits_2(mic_env):
+def test_bad_usage_exits_2(mic_env: dict[str, str]) -> None:
     assert dgd("frobnicate", env=mic_env).returncode == 2

@@ -73,8 +73,8 @@ def make_rig(config: Config = CONFIG, attempts: list[Attempt] | None = None) -> 
     file: list[Config] = [config]
     reloads: list[Config] = []
 
-    def journal_send(**fields: str) -> None:
-        journal.append(fields)
+    def journal_send(MESSAGE: str, **fields: str) -> None:
+        journal.append({"MESSAGE": MESSAGE, **fields})
 
     def reload_config() -> tuple[Config, ApiKey]:
         reloads.append(file[-1])

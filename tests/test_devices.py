@@ -1,5 +1,6 @@
 """`dgd devices`: the pure naming and reporting, and the command through real alsa-lib with
-``type file`` PCMs defined by an ALSA config (testing.md §2); there is no sound card here."""
+``type file`` PCMs defined by an ALSA config (dgd/testing/fifomic.py); there is no sound card
+here."""
 
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 The daemon captures from a ``type file`` ALSA PCM fed at real-time pace by a FifoMic, streams
 to `dgd fake-server`, and writes to the journald started by tests/with-journald.sh. One run
 of about 30 s of audio (three utterances, one followed by 16 s of silence) checks the whole
-contract of design.md §1 at once. Run it with:
+contract at once: every utterance reaches the server intact and in order, KeepAlive holds the
+stream open through the silence, exactly one final transcript per utterance reaches journald
+and the JSONL file, sd_notify says READY, STATUS and STOPPING, and a SIGTERM inside the
+gate's hangover still flushes the last utterance. Run it with:
 
     sudo tests/with-journald.sh .venv/bin/pytest tests/test_e2e.py -m e2e -v
 """
@@ -12,9 +15,11 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from harness import (  # the fixtures are imported by name for pytest
+
+from tests.harness import (  # the fixtures are imported by name for pytest
     ONSET_TOLERANCE_S,
     DaemonProcess,
     alsa_mic_fixture,  # noqa: F401
@@ -33,6 +38,11 @@ from harness import (  # the fixtures are imported by name for pytest
     parse_rfc3339,
     write_daemon_config,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.harness import AlsaMic, FakeServerProcess, NotifyListener
 
 pytestmark = pytest.mark.e2e
 
@@ -59,8 +69,12 @@ JSONL_FIELDS = ("text", "is_final", "speech_final", "confidence", "start", "end"
 
 
 def test_speech_silence_keepalive_and_graceful_stop(
-    tmp_path, journald, notify_listener, alsa_mic, fake_server
-):
+    tmp_path: Path,
+    journald: None,
+    notify_listener: NotifyListener,
+    alsa_mic: AlsaMic,
+    fake_server: FakeServerProcess,
+) -> None:
     sample, utterances = load_sample()
     # 2 s lead-in, "kitchen lights", 4 s pause, "quick brown fox", 16 s pause, "weather".
     clip = compose_clip(

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from fault_harness import (
+
+from tests.fault_harness import (
     FAST_STREAM,
     assert_replay_continues,
     audio_before_fault,
@@ -39,12 +41,15 @@ from fault_harness import (
     wait_handshake,
     within,
 )
-from harness import (
+from tests.harness import (
     BYTES_PER_S,
     client_message_gaps_s,
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: The sample's utterances by index (dgd/data/sample.json): 0 "kitchen lights" 1.83 s,
 #: 1 "weather in Berlin" 2.54 s, 2 "timer" 1.85 s, 3 "quick brown fox" 3.04 s, 4 "thank you" 2.16 s.
@@ -79,7 +84,7 @@ def assert_mid_utterance(fraction: float, what: str, diagnostics: str) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_tcp_drop_mid_utterance(tmp_path, journald):
+def test_tcp_drop_mid_utterance(tmp_path: Path, journald: None) -> None:
     """TCP reset half-way through the second utterance: it is replayed from the last final's
     end on connection 2, byte for byte, and transcribed once, at the right time."""
     fox = utterance(3)
@@ -122,7 +127,7 @@ def test_tcp_drop_mid_utterance(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_repeated_1011_and_three_503(tmp_path, journald):
+def test_repeated_1011_and_three_503(tmp_path: Path, journald: None) -> None:
     """1011 NET-0000 mid-utterance, three 503 rejections, another 1011 during the replay: every
     failure is transient, retried within backoff_max_s, and no word is lost or doubled."""
     fox = utterance(3)
@@ -168,7 +173,7 @@ def test_repeated_1011_and_three_503(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_permanent_401_stays_up_spaced_then_sighup(tmp_path, journald):
+def test_permanent_401_stays_up_spaced_then_sighup(tmp_path: Path, journald: None) -> None:
     """A wrong key (a real 401): the daemon stays up, retries only every rejected_retry_s,
     says so in STATUS= and the journal, never logs the key; SIGHUP after fixing it retries at
     once and streams."""
@@ -227,7 +232,7 @@ def test_permanent_401_stays_up_spaced_then_sighup(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_server_stall_30s(tmp_path, journald):
+def test_server_stall_30s(tmp_path: Path, journald: None) -> None:
     """The server stops reading, sending and answering pings for 30 s mid-utterance: the ping
     timeout ends the link, the audio is replayed on a new connection, and the stalled one
     waking up later changes nothing."""
@@ -271,7 +276,7 @@ def test_server_stall_30s(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_malformed_messages(tmp_path, journald):
+def test_malformed_messages(tmp_path: Path, journald: None) -> None:
     """Invalid JSON, unknown types, a 1 MB message and broken Results mid-utterance are logged
     and skipped without dropping the connection or a word."""
     fox = utterance(3)
@@ -303,7 +308,7 @@ def test_malformed_messages(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_microphone_missing_then_appearing(tmp_path, journald):
+def test_microphone_missing_then_appearing(tmp_path: Path, journald: None) -> None:
     """No microphone at start: READY, STATUS and the watchdog say the daemon waits for it;
     once it appears it is opened and streamed from."""
     with fault_rig(tmp_path, [], mic_present=False, watchdog_usec=2_000_000) as rig:
@@ -336,7 +341,7 @@ def test_microphone_missing_then_appearing(tmp_path, journald):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_microphone_stall_with_watchdog(tmp_path, journald):
+def test_microphone_stall_with_watchdog(tmp_path: Path, journald: None) -> None:
     """The microphone stalls for 3 s mid-utterance (resumes by itself) and for 12.5 s in
     silence (reopened after 10 s): WATCHDOG=1 stops while no audio arrives and resumes with it."""
     fox = utterance(3)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from dgd.core.health import (
@@ -51,7 +53,7 @@ def open_device(last_audio_at: float) -> CaptureFacts:
         pytest.param(
             open_device(150.0),
             159.9,
-            Verdict(CaptureState.STALLED, False, stalled_s=pytest.approx(9.9)),
+            Verdict(CaptureState.STALLED, False, stalled_s=cast("float", pytest.approx(9.9))),
             id="stalled-not-yet-reopened",
         ),
         pytest.param(

@@ -1,5 +1,5 @@
 """`dgd levels`: the pure measuring (table-driven, exact values) and the command through real
-alsa-lib, reading known audio from ``type file`` PCMs (testing.md §2)."""
+alsa-lib, reading known audio from ``type file`` PCMs (dgd/testing/fifomic.py)."""
 
 from __future__ import annotations
 
@@ -396,7 +396,7 @@ def alsa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """An ALSA config with file PCMs over known audio; returns the subprocess environment.
 
     Every file holds 3 s more than the 3 s the tests read, because the reader thread reads
-    ahead of the meter and reading past the end of an infile yields garbage (testing.md §2).
+    ahead of the meter and reading past the end of an alsa-lib ``file`` infile yields garbage.
     """
     base = tmp_path_factory.mktemp("alsa")
     files = {
@@ -555,7 +555,7 @@ def test_levels_reports_a_stalled_device(alsa: dict[str, str]) -> None:
                     return
                 time.sleep(0.01)
         os.set_blocking(fd, True)
-        for _ in range(2):  # whole periods per write, at most 4096 B (testing.md §2)
+        for _ in range(2):  # whole periods per write, at most PIPE_BUF (4096 B): atomic
             os.write(fd, square(1024) * 5)
         release.wait(15.0)
         os.close(fd)

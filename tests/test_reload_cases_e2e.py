@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
-from fault_harness import (
+
+from dgd.testing.fifomic import write_alsa_conf
+from tests.fault_harness import (
     FAST_STREAM,
     PCM_NAME,
     READY_TIMEOUT_S,
@@ -47,7 +49,7 @@ from fault_harness import (
     silence_s,
     write_fault_config,
 )
-from harness import (
+from tests.harness import (
     BYTES_PER_S,
     E2E_API_KEY,
     DaemonProcess,
@@ -62,8 +64,6 @@ from harness import (
     overlapping,
     parse_rfc3339,
 )
-
-from dgd.testing.fifomic import write_alsa_conf
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence

@@ -13,16 +13,22 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from fault_harness import PCM_NAME, conn_records, fault_rig, handshakes, silence_s
-from harness import (
+
+from dgd.testing.fifomic import FifoMic, write_alsa_conf
+from tests.fault_harness import PCM_NAME, conn_records, fault_rig, handshakes, silence_s
+from tests.harness import (
     BYTES_PER_S,
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
 )
 
-from dgd.testing.fifomic import FifoMic, write_alsa_conf
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.fault_harness import FaultRig
 
 SAMPLE, UTTERANCES = load_sample()
 GAP_S = 2.5
@@ -34,7 +40,7 @@ def utterance(index: int) -> bytes:
     return SAMPLE[u.start_byte : u.end_byte]
 
 
-def reload_and_wait(rig, nth: int) -> list[str]:
+def reload_and_wait(rig: FaultRig, nth: int) -> list[str]:
     """SIGHUP the daemon; wait for its ``nth`` READY=1 after RELOADING=1; return the
     assignments it sent for this reload."""
     before = len(rig.notify.assignments())
@@ -58,7 +64,9 @@ def assert_reload_protocol(sent: list[str]) -> None:
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_reload_applies_in_place_reconnects_for_deepgram_and_refuses_bad_config(tmp_path, journald):
+def test_reload_applies_in_place_reconnects_for_deepgram_and_refuses_bad_config(
+    tmp_path: Path, journald: None
+) -> None:
     with fault_rig(tmp_path, []) as rig:
         rig.wait_ready()
         rig.play_utterance(utterance(0), 1.0)
@@ -108,7 +116,7 @@ def test_reload_applies_in_place_reconnects_for_deepgram_and_refuses_bad_config(
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_reload_reopens_a_new_audio_device(tmp_path, journald):
+def test_reload_reopens_a_new_audio_device(tmp_path: Path, journald: None) -> None:
     second_fifo = tmp_path / "mic2.fifo"
     with fault_rig(tmp_path, []) as rig:
         rig.wait_ready()

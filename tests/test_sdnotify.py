@@ -1,4 +1,4 @@
-"""sd_notify datagrams (dgd.daemon.sdnotify) against a real AF_UNIX datagram socket (testing.md §4).
+"""sd_notify datagrams (dgd.daemon.sdnotify) against a real AF_UNIX datagram socket.
 
 Datagrams on a local socket are queued by the time ``sendto`` returns, so every expected
 datagram is read without waiting; "nothing was sent" is shown by the next datagram read

@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from harness import (
+
+from dgd.testing.fifomic import FifoMic, write_alsa_conf
+from dgd.tools.demo import FakeServerProcess
+from tests.harness import (
     BYTES_PER_S,
     DaemonProcess,
     daemon_env,
@@ -24,8 +28,8 @@ from harness import (
     write_daemon_config,
 )
 
-from dgd.testing.fifomic import FifoMic, write_alsa_conf
-from dgd.tools.demo import FakeServerProcess
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SAMPLE, UTTERANCES = load_sample()
 SECRET = "dgdsecretkey0123456789abcdef"
@@ -33,7 +37,9 @@ SECRET = "dgdsecretkey0123456789abcdef"
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("log_target", ["stderr", "journal"])
-def test_the_key_is_in_no_log_line_at_debug_level(tmp_path, journald, log_target):
+def test_the_key_is_in_no_log_line_at_debug_level(
+    tmp_path: Path, journald: None, log_target: str
+) -> None:
     plan = tmp_path / "faults.json"
     plan.write_text(
         json.dumps(

@@ -150,7 +150,7 @@ def test_journal_fields_of_an_interim() -> None:
 
 
 def test_journal_fields_are_upper_case_strings() -> None:
-    # journald keeps only upper-case field names (testing.md §3).
+    # journald keeps only upper-case field names.
     fields = journal_fields(FINAL)
     assert all(key.isupper() and isinstance(value, str) for key, value in fields.items())
     assert "MESSAGE" not in fields

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import pytest
 
 from dgd.core.status import StatusBoard, duration_text
 
-STREAMING = {"device_ok": True, "link": "streaming"}
+
+class _Streaming(TypedDict):
+    device_ok: bool
+    link: str
+
+
+STREAMING: _Streaming = {"device_ok": True, "link": "streaming"}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
@@ -19,6 +20,9 @@ from dgd.core.pcm import PcmFormat
 from dgd.daemon.link import LinkContext, OutboxFeed
 from dgd.daemon.supervisor import Supervisor
 from tests.memory_ws import Attempt, MemoryConnector, MemoryWebSocket, metadata, results
+
+if TYPE_CHECKING:
+    from dgd.core.events import OutboxItem
 
 FMT = PcmFormat(16000, 1, 20)
 CONFIG = Config()
@@ -185,7 +189,8 @@ async def test_every_handshake_declares_the_format_of_the_audio_it_carries(
 
     async def scenario() -> None:
         await connector.connected.wait()
-        for item in [*old, FormatChange(PcmFormat(8000, 1, 20)), *new]:
+        items: list[OutboxItem] = [*old, FormatChange(PcmFormat(8000, 1, 20)), *new]
+        for item in items:
             ctx.feed.put(item)
         await trio.sleep(0.5)
         first.push(results(0.0, 0.2, "old words"))

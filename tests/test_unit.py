@@ -1,6 +1,6 @@
 """Checks of the shipped systemd unit, systemd/dgd.service, with the real systemd-analyze.
 
-systemd-analyze needs no running systemd (testing.md §5). Its `verify` exits 0 even on unknown
+systemd-analyze needs no running systemd. Its `verify` exits 0 even on unknown
 keys and unparsable values and only prints a warning, so every check here asserts on stderr too.
 """
 
@@ -57,7 +57,7 @@ def parse_unit(text: str) -> Unit:
 def write_testable_copy(tmp_path: Path, text: str, name: str = "dgd.service") -> Path:
     """Write `text` with ExecStart's binary swapped for one that exists on this machine.
 
-    verify refuses a unit whose ExecStart binary is missing (testing.md §5), and /opt/dgd is
+    verify refuses a unit whose ExecStart binary is missing, and /opt/dgd is
     not installed here; every other byte stays as shipped.
     """
     rewritten = text.replace(f"ExecStart={SHIPPED_BINARY} ", f"ExecStart={sys.executable} ")

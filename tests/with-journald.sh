@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# with-journald.sh CMD...  — run CMD with a private, real systemd-journald (testing.md §3).
+# with-journald.sh CMD...  — run CMD with a private, real systemd-journald.
 #
 # In a private mount namespace, tmpfs is mounted over /run/systemd, /run/log and
 # /var/log/journal and /lib/systemd/systemd-journald is started there, so CMD (and every
