@@ -22,7 +22,7 @@ from dgd.core.backoff import (
     network_failure,
     timeout_failure,
 )
-from dgd.core.messages import CloseInfo, HandshakeRejection, parse_close
+from dgd.core.connection import CloseInfo, HandshakeRejection, parse_close
 
 SEED = 20261123
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     import random
 
-    from dgd.core.messages import CloseInfo, HandshakeRejection
+    from dgd.core.connection import CloseInfo, HandshakeRejection
 
 #: A connection that stayed up this long was healthy: the next failure starts the backoff
 #: from the beginning again.

@@ -1,22 +1,24 @@
-"""Deepgram live-API wire formats: parsing server messages, handshake rejections and close frames,
-and building the outgoing URL, auth header and control messages.
+"""Deepgram's messages on an open ``/v1/listen`` stream: parsing what the server sends (JSON
+``Results``, ``UtteranceEnd``, ``SpeechStarted``, ``Metadata``) and the control messages dgd
+sends (``KeepAlive``, ``Finalize``, ``CloseStream``).
 
 Parsing never raises on remote content: anything malformed becomes an ``Unrecognized`` value
-whose ``reason`` says, in words, what was wrong. This module does no I/O.
+whose ``reason`` says, in words, what was wrong. This module does no I/O. What belongs to the
+connection rather than to a message (the URL, authentication, handshake rejections, close
+frames) is in ``dgd.core.connection``.
 """
 
 from __future__ import annotations
 
-import http
 import json
 import math
-import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from dgd.core.logtext import printable
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable
 
 # Outgoing control messages (Deepgram docs "KeepAlive", "Finalize", "Close Stream"). They must go
 # in *text* frames: a binary frame would be fed to the audio decoder.
@@ -32,20 +34,6 @@ CLOSESTREAM_MESSAGE: Final = '{"type":"CloseStream"}'
 MAX_MESSAGE_BYTES: Final = 1 << 18
 #: Length of ``Unrecognized.excerpt``: enough to recognise the message in a log line.
 EXCERPT_CHARS: Final = 120
-#: Length of a handshake rejection's non-JSON body kept as ``err_msg`` (one log line).
-REJECTION_TEXT_CHARS: Final = 200
-#: Largest handshake rejection body that is JSON-parsed; Deepgram's are ~150 bytes, while a
-#: proxy's HTML error page can be large and is only excerpted.
-MAX_REJECTION_BODY_BYTES: Final = 1 << 16
-#: A WebSocket close without a close frame (the TCP connection dropped; RFC 6455 §7.1.5).
-ABNORMAL_CLOSURE: Final = 1006
-#: The close code of a stream that ended as asked (after ``CloseStream``).
-NORMAL_CLOSURE: Final = 1000
-#: Query keys dgd derives from ``[audio]``; a duplicate from ``[deepgram.query]`` would conflict
-#: with what is actually sent (Deepgram then fails to decode: close 1008 DATA-0000).
-AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
-#: Query keys whose values are credentials: never printed or logged (config, fake server).
-SECRET_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "apikey", "key"})
 
 _JSON_TYPE_NAMES: Final[dict[type, str]] = {
     dict: "object",
@@ -166,23 +154,10 @@ class _Malformed(Exception):
     """Internal: a field is missing or has the wrong type; carries the reason in words."""
 
 
-def _printable(text: str, limit: int) -> str:
-    """Returns at most ``limit`` characters of ``text``, non-printables backslash-escaped."""
-    out: list[str] = []
-    used = 0
-    for char in text:
-        piece = char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        if used + len(piece) > limit:
-            break
-        out.append(piece)
-        used += len(piece)
-    return "".join(out)
-
-
 def _excerpt(payload: str | bytes) -> str:
     if isinstance(payload, bytes):
         payload = payload[: EXCERPT_CHARS * 4].decode("utf-8", errors="backslashreplace")
-    return _printable(payload[: EXCERPT_CHARS * 2], EXCERPT_CHARS)
+    return printable(payload[: EXCERPT_CHARS * 2], EXCERPT_CHARS)
 
 
 def _type_name(value: object) -> str:
@@ -390,7 +365,7 @@ def parse_server_message(payload: str | bytes) -> ServerMessage:
     except json.JSONDecodeError as exc:
         return Unrecognized(f"invalid JSON: {exc}", _excerpt(text))
     except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
-        return Unrecognized(f"invalid JSON: {_printable(str(exc), 80)}", _excerpt(text))
+        return Unrecognized(f"invalid JSON: {printable(str(exc), 80)}", _excerpt(text))
     except RecursionError:
         return Unrecognized("invalid JSON: nested too deeply", _excerpt(text))
     if not isinstance(document, dict):
@@ -402,217 +377,8 @@ def parse_server_message(payload: str | bytes) -> ServerMessage:
         return Unrecognized(f"field type is {_type_name(kind)}, expected string", _excerpt(text))
     parser = _PARSERS.get(kind)
     if parser is None:
-        return Unrecognized(f"unknown type {_printable(repr(kind), 60)}", _excerpt(text))
+        return Unrecognized(f"unknown type {printable(repr(kind), 60)}", _excerpt(text))
     try:
         return parser(document)
     except _Malformed as exc:
         return Unrecognized(f"{kind}: {exc}", _excerpt(text))
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeRejection:
-    """Why Deepgram refused the WebSocket upgrade (an HTTP response instead of 101).
-
-    Attributes:
-        status: the HTTP status, e.g. 401.
-        err_code: Deepgram's error code (``INVALID_AUTH``, ``TOO_MANY_REQUESTS``, ...), or ``""``.
-        err_msg: Deepgram's message, or an excerpt of a non-JSON body, or ``""``.
-        request_id: the ``dg-request-id`` header (else the body's ``request_id``), or ``""``.
-        dg_error: the ``dg-error`` header, or ``""``.
-    """
-
-    status: int
-    err_code: str
-    err_msg: str
-    request_id: str
-    dg_error: str
-
-    def describe(self) -> str:
-        """One line for operators, e.g.
-        ``HTTP 401 INVALID_AUTH: Invalid credentials. (request id 3b0f...)``.
-
-        The ``dg-error`` header is shown only when it adds to ``err_msg``; when the server gave
-        neither code nor message the standard HTTP reason phrase is used.
-        """
-        line = f"HTTP {self.status}"
-        if self.err_code:
-            line += f" {self.err_code}"
-        if self.err_msg:
-            line += f": {self.err_msg}"
-        elif not self.err_code:
-            phrase = _HTTP_PHRASES.get(self.status)
-            if phrase:
-                line += f" {phrase}"
-        extras: list[str] = []
-        if self.dg_error and self.dg_error != self.err_msg:
-            extras.append(f"dg-error: {self.dg_error}")
-        if self.request_id:
-            extras.append(f"request id {self.request_id}")
-        if extras:
-            line += f" ({', '.join(extras)})"
-        return line
-
-
-_HTTP_PHRASES: Final = {status.value: status.phrase for status in http.HTTPStatus}
-_WHITESPACE_RUN: Final = re.compile(r"\s+")
-
-
-def _one_line(text: str, limit: int) -> str:
-    """``text`` as one printable line of at most ``limit`` characters."""
-    spaced = "".join(char if char.isprintable() else " " for char in text[: limit * 4])
-    return _WHITESPACE_RUN.sub(" ", spaced).strip()[:limit]
-
-
-def _body_field(body: dict[str, Any], keys: Sequence[str], *, numeric_ok: bool = False) -> str:
-    for key in keys:
-        value = body.get(key)
-        # asyncapi.yml's errorResponse has a numeric error_code (e.g. 401).
-        if numeric_ok and isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, str) and value:
-            return _one_line(value, REJECTION_TEXT_CHARS)
-    return ""
-
-
-def parse_rejection(
-    status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes | None
-) -> HandshakeRejection:
-    """Extracts what Deepgram said when it refused the upgrade.
-
-    The body is normally ``{"err_code", "err_msg", "request_id"}`` (Deepgram docs "Errors");
-    the variants ``{"category", "message"}`` and ``{"error_code", "error_message"}`` are
-    accepted too. A non-JSON body (e.g. a proxy's HTML page) becomes ``err_msg``: its first
-    ``REJECTION_TEXT_CHARS`` printable characters on one line.
-
-    Args:
-        status: the HTTP status code.
-        headers: response headers as (name, value) byte pairs; names match case-insensitively.
-        body: the response body, or None if there was none.
-
-    Returns:
-        The rejection; fields the server did not send are ``""``. Never raises.
-    """
-    request_id = ""
-    dg_error = ""
-    for name, value in headers:
-        lowered = name.strip().lower()
-        if lowered == b"dg-request-id":
-            request_id = _one_line(value.decode("utf-8", "replace"), REJECTION_TEXT_CHARS)
-        elif lowered == b"dg-error":
-            dg_error = _one_line(value.decode("utf-8", "replace"), REJECTION_TEXT_CHARS)
-    err_code = ""
-    err_msg = ""
-    if body:
-        text = body[: MAX_REJECTION_BODY_BYTES * 4].decode("utf-8", "replace")
-        document: object = None
-        if len(body) <= MAX_REJECTION_BODY_BYTES:
-            try:
-                document = json.loads(text)
-            except (ValueError, RecursionError):
-                document = None
-        if isinstance(document, dict):
-            err_code = _body_field(
-                document, ("err_code", "error_code", "category"), numeric_ok=True
-            )
-            err_msg = _body_field(document, ("err_msg", "error_message", "message"))
-            if not request_id:
-                request_id = _body_field(document, ("request_id",))
-        if not err_msg and not err_code:
-            err_msg = _one_line(text, REJECTION_TEXT_CHARS)
-    return HandshakeRejection(status, err_code, err_msg, request_id, dg_error)
-
-
-@dataclass(frozen=True, slots=True)
-class CloseInfo:
-    """A WebSocket close frame from the server.
-
-    Attributes:
-        code: the close code (1000, 1008, 1011, ...).
-        reason: the reason text on one printable line, ``""`` if none.
-        tag: the Deepgram error tag found in the reason: ``"NET-0001"`` (client sent nothing
-            for 10 s), ``"NET-0000"`` (server-side trouble), ``"DATA-0000"`` (audio could not be
-            decoded), or ``""``.
-    """
-
-    code: int
-    reason: str
-    tag: str
-
-
-# Deepgram's reasons are sentences with a link such as https://dpgr.am/net0001, so both the
-# hyphenated tag and the link's spelling are matched.
-_CLOSE_TAGS: Final = (
-    (re.compile(r"net-?0001", re.IGNORECASE), "NET-0001"),
-    (re.compile(r"net-?0000", re.IGNORECASE), "NET-0000"),
-    (re.compile(r"data-?0000", re.IGNORECASE), "DATA-0000"),
-)
-#: A close reason is at most 123 bytes by RFC 6455; this only bounds a misbehaving peer.
-_CLOSE_REASON_CHARS: Final = 300
-
-
-def parse_close(code: int, reason: str | None) -> CloseInfo:
-    """Classifies a server close frame by the Deepgram tag in its reason (Deepgram docs
-    "Troubleshooting WebSocket, DATA and NET errors").
-
-    Args:
-        code: the close code.
-        reason: the close reason, or None when the frame had none.
-
-    Returns:
-        The close info; never raises.
-    """
-    text = _one_line(reason or "", _CLOSE_REASON_CHARS)
-    for pattern, tag in _CLOSE_TAGS:
-        if pattern.search(text):
-            return CloseInfo(code, text, tag)
-    return CloseInfo(code, text, "")
-
-
-def listen_url(base_url: str, query: Sequence[tuple[str, str]], rate_hz: int, channels: int) -> str:
-    """Builds the ``/v1/listen`` URL for raw S16_LE PCM.
-
-    The ``query`` pairs are appended in order (a repeated key such as ``keyterm`` stays
-    repeated), then ``encoding=linear16``, ``sample_rate`` and ``channels``, which raw PCM
-    requires. Values are percent-encoded (a space becomes ``%20``); a query string already in
-    ``base_url`` is kept in front.
-
-    Args:
-        base_url: ``deepgram.url``, e.g. ``wss://api.deepgram.com/v1/listen``.
-        query: ``[deepgram.query]`` as rendered strings (booleans already ``"true"``/``"false"``).
-        rate_hz: ``audio.rate``.
-        channels: ``audio.channels``.
-
-    Returns:
-        The full URL.
-
-    Raises:
-        ValueError: ``query`` sets one of ``encoding``, ``sample_rate``, ``channels``.
-    """
-    for key, _value in query:
-        if key in AUDIO_QUERY_KEYS:
-            raise ValueError(
-                f"deepgram.query.{key}: remove it from the config; dgd sets encoding, "
-                "sample_rate and channels from [audio]"
-            )
-    pairs = [
-        *query,
-        ("encoding", "linear16"),
-        ("sample_rate", str(rate_hz)),
-        ("channels", str(channels)),
-    ]
-    added = urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
-    parts = urllib.parse.urlsplit(base_url)
-    combined = f"{parts.query}&{added}" if parts.query else added
-    return urllib.parse.urlunsplit(parts._replace(query=combined))
-
-
-def auth_headers(api_key: str) -> list[tuple[str, str]]:
-    """The handshake headers that authenticate with a Deepgram API key.
-
-    Args:
-        api_key: the key, without the ``Token`` scheme word.
-
-    Returns:
-        ``[("Authorization", "Token <api_key>")]``.
-    """
-    return [("Authorization", "Token " + api_key)]

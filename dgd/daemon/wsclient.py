@@ -18,7 +18,8 @@ import trio
 import trio_websocket
 from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
-from dgd.core.messages import ABNORMAL_CLOSURE, MAX_MESSAGE_BYTES
+from dgd.core.connection import ABNORMAL_CLOSURE
+from dgd.core.messages import MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence

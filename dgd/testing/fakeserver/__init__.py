@@ -1,0 +1,76 @@
+"""``dgd fake-server``: a local Deepgram-compatible ``/v1/listen`` server with fault injection.
+
+It answers the live STT protocol of ``docs/FAKE_SERVER.md`` (handshake checks, Results built
+from its own energy detector, Finalize/CloseStream/KeepAlive, the 10 s idle close), records
+every connection attempt when asked to, and injects the faults of a JSON fault plan (rejected
+handshakes, TCP drops, error closes, stalls, malformed messages). It never recognises speech:
+a transcript says how much voiced audio a span held, so tests can compute it from the bytes.
+
+The modules, from the outside in:
+
+- ``server.py``: ``serve`` (the listener; one attempt counter per call), each TCP
+  connection's handshake (decide, record, reject or accept), and ``main``, the command line.
+- ``handshake.py``: the checks of a handshake and their answer: ``auth_ok``,
+  ``parse_options`` (the query as ``StreamOptions``), ``Rejection`` (status and Deepgram's
+  error body). No I/O.
+- ``connection.py``: one accepted WebSocket: the receive loop, control messages, the idle
+  close, the timed faults, and the TCP stream that can stall or be aborted.
+- ``speech.py``: ``SpeechTracker``, the fake recogniser: audio bytes in, ``Results``,
+  ``SpeechStarted``, ``UtteranceEnd`` and ``Metadata`` message objects out. No I/O.
+- ``faults.py``: ``FaultPlan`` and its rules and actions, parsed and validated from JSON
+  (``FaultPlanError``). No I/O.
+- ``recorder.py``: ``conn-NNNN.raw``/``.jsonl`` of ``--record-dir``, secrets redacted.
+
+The secret query keys come from ``dgd.core.connection``, shared with the daemon. Names with
+a leading underscore are shared between these modules only; the names below are the public ones.
+"""
+
+from __future__ import annotations
+
+from dgd.testing.fakeserver.connection import IDLE_CLOSE_REASON
+from dgd.testing.fakeserver.faults import (
+    DEFAULT_CLOSE_FAULT_REASON,
+    Attempts,
+    CloseAfterFault,
+    DropAfterBytesFault,
+    DropAfterFault,
+    Fault,
+    FaultPlan,
+    FaultPlanError,
+    FaultRule,
+    MalformedFault,
+    RejectFault,
+    StallFault,
+)
+from dgd.testing.fakeserver.handshake import (
+    DEFAULT_ENDPOINTING_MS,
+    StreamOptions,
+    auth_ok,
+    parse_options,
+)
+from dgd.testing.fakeserver.server import main, serve
+from dgd.testing.fakeserver.speech import MODEL_UUID, SpeechTracker
+
+__all__ = [
+    "DEFAULT_CLOSE_FAULT_REASON",
+    "DEFAULT_ENDPOINTING_MS",
+    "IDLE_CLOSE_REASON",
+    "MODEL_UUID",
+    "Attempts",
+    "CloseAfterFault",
+    "DropAfterBytesFault",
+    "DropAfterFault",
+    "Fault",
+    "FaultPlan",
+    "FaultPlanError",
+    "FaultRule",
+    "MalformedFault",
+    "RejectFault",
+    "SpeechTracker",
+    "StallFault",
+    "StreamOptions",
+    "auth_ok",
+    "main",
+    "parse_options",
+    "serve",
+]
