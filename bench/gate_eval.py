@@ -39,7 +39,7 @@ from typing import Final
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgd.core import gate as gate_module
-from dgd.core.gate import Gate
+from dgd.core.gate import Gate, GateMode
 from dgd.core.pcm import level_dbfs
 
 PERIOD_MS: Final = 20
@@ -141,7 +141,7 @@ def run_gate(
 ) -> tuple[list[bool], int, int]:
     """Feed one clip through a fresh Gate; returns (period sent?, closes, opens)."""
     gate: Gate[int] = Gate(
-        mode="energy" if mode == "vad" else mode,
+        mode=GateMode.ENERGY if mode == "vad" else GateMode(mode),
         threshold_dbfs=-60.0 if mode == "vad" else threshold,
         preroll_ms=preroll_ms,
         hangover_ms=hangover_ms,

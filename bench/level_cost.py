@@ -135,12 +135,14 @@ def _time_levels(level: Any, periods: list[bytes]) -> float:
 
 
 def _time_feed(audio: bytes) -> float:
-    from dgd.core.gate import Gate
+    from dgd.core.gate import Gate, GateMode
     from dgd.core.pcm import PcmFormat
     from dgd.core.pipeline import CapturePipeline
 
     fmt = PcmFormat(rate_hz=RATE_HZ, channels=1, period_ms=PERIOD_MS)
-    gate = Gate(mode="energy", threshold_dbfs=None, preroll_ms=300, hangover_ms=1500, period_ms=20)
+    gate = Gate(
+        mode=GateMode.ENERGY, threshold_dbfs=None, preroll_ms=300, hangover_ms=1500, period_ms=20
+    )
     pipeline = CapturePipeline(fmt, gate, frame_ms=100)
     read_bytes = READ_PERIODS * PERIOD_BYTES
     reads = [audio[i : i + read_bytes] for i in range(0, len(audio), read_bytes)]

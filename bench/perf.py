@@ -45,13 +45,23 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dgd.core.config import (  # noqa: E402
+    AudioConfig,
+    Config,
+    DeepgramConfig,
+    GateConfig,
+    OutputConfig,
+    StreamConfig,
+    dump,
+)
+from dgd.core.gate import GateMode  # noqa: E402
 from dgd.daemon.capture import MAX_READ_MS  # noqa: E402
 from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf  # noqa: E402
 from dgd.tools.demo import FakeServerProcess, load_sample, package_env, server_records  # noqa: E402
@@ -232,20 +242,15 @@ class Client:
 
 
 def write_dgd_config(path: Path, url: str, frame_ms: int, jsonl: Path, **stream: float) -> None:
-    extra = "".join(f"{k} = {v}\n" for k, v in stream.items())
-    path.write_text(
-        "[deepgram]\n"
-        f"url = {json.dumps(url)}\n"
-        "[audio]\n"
-        f'device = "{PCM_NAME}"\nrate = {RATE_HZ}\nchannels = 1\nperiod_ms = {PERIOD_MS}\n'
-        "[gate]\n"
-        f'mode = "energy"\nthreshold_dbfs = {GATE_THRESHOLD_DBFS}\n'
-        "[stream]\n"
-        f"frame_ms = {frame_ms}\n{extra}"
-        "[output]\n"
-        f"journald = false\njsonl = {json.dumps(str(jsonl))}\n",
-        encoding="utf-8",
+    """The daemon's config; ``stream`` sets other ``[stream]`` keys (a typo is a TypeError)."""
+    config = Config(
+        deepgram=DeepgramConfig(url=url),
+        audio=AudioConfig(device=PCM_NAME, rate=RATE_HZ, channels=1, period_ms=PERIOD_MS),
+        gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=GATE_THRESHOLD_DBFS),
+        stream=replace(StreamConfig(frame_ms=frame_ms), **stream),
+        output=OutputConfig(journald=False, jsonl=str(jsonl)),
     )
+    path.write_text(dump(config), encoding="utf-8")
 
 
 def client_argv(

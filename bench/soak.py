@@ -70,6 +70,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dgd.core.config import (
+    AudioConfig,
+    Config,
+    DeepgramConfig,
+    GateConfig,
+    LogConfig,
+    LogLevel,
+    OutputConfig,
+    StreamConfig,
+    dump,
+)
+from dgd.core.gate import GateMode
 from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
 from dgd.tools.demo import (
     FakeServerProcess,
@@ -286,32 +298,23 @@ def plan_faults(
 
 def write_config(path: Path, *, url: str, jsonl: Path) -> None:
     """The daemon config of the soak (keys as in docs/CONFIG.md)."""
-    path.write_text(
-        "# Written by bench/soak.py.\n"
-        "[deepgram]\n"
-        f"url = {json.dumps(url)}\n"
-        "[audio]\n"
-        f"device = {json.dumps(PCM_NAME)}\n"
-        "rate = 16000\nchannels = 1\nperiod_ms = 20\n"
-        "[gate]\n"
-        'mode = "energy"\n'
-        "threshold_dbfs = -50.0\n"  # the gaps are digital silence
-        "[stream]\n"
-        "frame_ms = 100\n"
-        f"replay_buffer_s = {REPLAY_BUFFER_S}\n"
-        f"backoff_initial_s = {BACKOFF_INITIAL_S}\n"
-        f"backoff_max_s = {BACKOFF_MAX_S}\n"
-        f"ping_interval_s = {PING_INTERVAL_S}\n"
-        f"ping_timeout_s = {PING_TIMEOUT_S}\n"
-        f"rate_limited_backoff_s = {RATE_LIMITED_BACKOFF_S}\n"
-        "[output]\n"
-        "journald = false\n"
-        f"jsonl = {json.dumps(str(jsonl))}\n"
-        f"stats_interval_s = {STATS_INTERVAL_S}\n"
-        "[log]\n"
-        'level = "info"\n',
-        encoding="utf-8",
+    config = Config(
+        deepgram=DeepgramConfig(url=url),
+        audio=AudioConfig(device=PCM_NAME, rate=RATE_HZ, channels=1, period_ms=20),
+        gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=-50.0),  # the gaps are digital silence
+        stream=StreamConfig(
+            frame_ms=100,
+            replay_buffer_s=REPLAY_BUFFER_S,
+            backoff_initial_s=BACKOFF_INITIAL_S,
+            backoff_max_s=BACKOFF_MAX_S,
+            ping_interval_s=PING_INTERVAL_S,
+            ping_timeout_s=PING_TIMEOUT_S,
+            rate_limited_backoff_s=RATE_LIMITED_BACKOFF_S,
+        ),
+        output=OutputConfig(journald=False, jsonl=str(jsonl), stats_interval_s=STATS_INTERVAL_S),
+        log=LogConfig(level=LogLevel.INFO),
     )
+    path.write_text("# Written by bench/soak.py.\n" + dump(config), encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -39,6 +39,8 @@ def _remember_reload(signum: int, _frame: object) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from dgd.core.config import LogLevel
+
     parser = argparse.ArgumentParser(
         prog="dgd",
         description="Capture audio from ALSA, gate silence, stream speech to Deepgram, "
@@ -58,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--log-level",
-        choices=("debug", "info", "warning", "error"),
+        choices=[level.value for level in LogLevel],
         default=None,
         help="override log.level from the config",
     )
@@ -124,7 +126,7 @@ def _config_path(path: str | None) -> str:
 
 def check_config(path: str | None, *, open_device: bool) -> int:
     """``dgd check-config``: print the effective config (key redacted) or the problems."""
-    from dgd.core.config import ConfigError
+    from dgd.core.config import ConfigError, dump
     from dgd.daemon.configfile import load, load_api_key
 
     config_path = _config_path(path)
@@ -147,7 +149,7 @@ def check_config(path: str | None, *, open_device: bool) -> int:
         problems.extend(_device_problems(config))
     print(f"# effective configuration from {config_path}")
     print(key_line)
-    print(config.redacted())
+    print(dump(config, redact_secrets=True))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if problems:
@@ -190,7 +192,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     """``dgd run``: the daemon in the foreground until SIGTERM/SIGINT."""
     import trio
 
-    from dgd.core.config import ApiKey, ConfigError
+    from dgd.core.config import ApiKey, ConfigError, LogLevel
     from dgd.daemon import logsetup
     from dgd.daemon.configfile import load, load_api_key
 
@@ -199,7 +201,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
         config = load(config_path)
         key, warnings = load_api_key(config.deepgram, os.environ)
     except ConfigError as exc:
-        logsetup.setup(log_target, "info", os.environ)
+        logsetup.setup(log_target, LogLevel.INFO, os.environ)
         logsetup.event(
             "config_error",
             "%s: invalid configuration, not starting:\n%s",
@@ -208,7 +210,8 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
             level=logging.ERROR,
         )
         return EX_CONFIG
-    chosen = logsetup.setup(log_target, log_level or config.log.level, os.environ)
+    level = LogLevel(log_level) if log_level else config.log.level
+    chosen = logsetup.setup(log_target, level, os.environ)
     if chosen == "journal":
         logsetup.capture_stderr()
     logsetup.SECRETS.set_secrets(key.value)

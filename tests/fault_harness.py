@@ -21,6 +21,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from dgd.core.config import (
+    AudioConfig,
+    Config,
+    DeepgramConfig,
+    GateConfig,
+    OutputConfig,
+    StreamConfig,
+    dump,
+)
+from dgd.core.gate import GateMode
 from dgd.testing.fifomic import write_alsa_conf
 from tests.harness import (
     BYTES_PER_S,
@@ -39,7 +49,7 @@ from tests.harness import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
 PCM_NAME: Final = "dgdfault"
@@ -48,15 +58,15 @@ READY_TIMEOUT_S: Final = 30.0
 #: SIGTERM → exit: stream.close_timeout_s plus teardown, with margin.
 STOP_TIMEOUT_S: Final = 20.0
 #: The small, fast settings every scenario starts from (the issue's CI budget).
-FAST_STREAM: Final[Mapping[str, float]] = {
-    "frame_ms": 100,
-    "backoff_initial_s": 0.2,
-    "backoff_max_s": 2.0,
-    "rejected_retry_s": 10.0,
-    "ping_interval_s": 1.0,
-    "ping_timeout_s": 2.0,
-    "close_timeout_s": 5.0,
-}
+FAST_STREAM: Final = StreamConfig(
+    frame_ms=100,
+    backoff_initial_s=0.2,
+    backoff_max_s=2.0,
+    rejected_retry_s=10.0,
+    ping_interval_s=1.0,
+    ping_timeout_s=2.0,
+    close_timeout_s=5.0,
+)
 #: A 20 ms block counts as voiced above this peak (the fake server's threshold is -50 dBFS
 #: RMS; this only has to find where speech starts inside an utterance's bytes).
 _VOICED_PEAK: Final = 1000
@@ -74,27 +84,21 @@ def write_fault_config(
     url: str,
     device: str,
     jsonl: Path,
-    stream: Mapping[str, float],
+    stream: StreamConfig = FAST_STREAM,
     api_key_file: Path | None = None,
-) -> None:
-    """A daemon config (docs/CONFIG.md): 16 kHz mono, 20 ms periods, energy gate at -50 dBFS,
-    the given ``[stream]`` keys, transcripts to journald and ``jsonl``."""
-    deepgram = f"url = {json.dumps(url)}\n"
-    if api_key_file is not None:
-        deepgram += f"api_key_file = {json.dumps(str(api_key_file))}\n"
-    stream_lines = "".join(f"{key} = {json.dumps(value)}\n" for key, value in stream.items())
-    path.write_text(
-        "[deepgram]\n" + deepgram + "[audio]\n"
-        f"device = {json.dumps(device)}\n"
-        "rate = 16000\nchannels = 1\nperiod_ms = 20\n"
-        "[gate]\n"
-        'mode = "energy"\n'
-        "threshold_dbfs = -50.0\n"
-        "[stream]\n" + stream_lines + "[output]\n"
-        "journald = true\n"
-        f"jsonl = {json.dumps(str(jsonl))}\n",
-        encoding="utf-8",
+) -> Config:
+    """Write a daemon config (docs/CONFIG.md) and return it: 16 kHz mono, 20 ms periods,
+    energy gate at -50 dBFS, ``stream``, transcripts to journald and ``jsonl``."""
+    key_file = "" if api_key_file is None else str(api_key_file)
+    config = Config(
+        deepgram=DeepgramConfig(url=url, api_key_file=key_file),
+        audio=AudioConfig(device=device, rate=16000, channels=1, period_ms=20),
+        gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=-50.0),
+        stream=stream,
+        output=OutputConfig(journald=True, jsonl=str(jsonl)),
     )
+    path.write_text(dump(config), encoding="utf-8")
+    return config
 
 
 # ---- the server's records, connection by connection -------------------------------------------
@@ -456,7 +460,7 @@ def fault_rig(
     tmp_path: Path,
     faults: list[dict[str, Any]],
     *,
-    stream: Mapping[str, float] | None = None,
+    stream: StreamConfig = FAST_STREAM,
     mic_present: bool = True,
     watchdog_usec: int | None = None,
     server_key: str = E2E_API_KEY,
@@ -483,13 +487,12 @@ def fault_rig(
         if mic_present:
             mic = FifoMic(fifo)
         notify = stack.enter_context(NotifyListener(tmp_path / "notify.sock"))
-        settings = {**FAST_STREAM, **(stream or {})}
         write_fault_config(
             config,
             url=server.url,
             device=PCM_NAME,
             jsonl=jsonl,
-            stream=settings,
+            stream=stream,
             api_key_file=key_file,
         )
         env = daemon_env(alsa_conf=conf, notify_socket=notify.address)

@@ -27,6 +27,16 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
+from dgd.core.config import (
+    DEFAULT_QUERY,
+    AudioConfig,
+    Config,
+    DeepgramConfig,
+    GateConfig,
+    OutputConfig,
+    dump,
+)
+from dgd.core.gate import GateMode
 from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf
 from dgd.tools.demo import (
     FakeServerProcess,
@@ -259,32 +269,20 @@ def write_daemon_config(
     url: str,
     device: str,
     jsonl: Path,
-    threshold_dbfs: float | str = -50.0,
+    threshold_dbfs: float | None = -50.0,
     journald: bool = True,
-    extra: str = "",
-) -> None:
-    """Write a daemon config (docs/CONFIG.md) for the tests: 16 kHz mono, 20 ms periods.
-
-    ``extra`` is appended verbatim; it may only add tables this function does not write
-    (e.g. ``[deepgram.query]``), since TOML forbids defining a table twice.
-    """
-    threshold = json.dumps(threshold_dbfs)
-    path.write_text(
-        "[deepgram]\n"
-        f"url = {json.dumps(url)}\n"
-        "[audio]\n"
-        f"device = {json.dumps(device)}\n"
-        "rate = 16000\nchannels = 1\nperiod_ms = 20\n"
-        "[gate]\n"
-        'mode = "energy"\n'
-        f"threshold_dbfs = {threshold}\n"
-        "[stream]\n"
-        "frame_ms = 100\n"
-        "[output]\n"
-        f"journald = {json.dumps(journald)}\n"
-        f"jsonl = {json.dumps(str(jsonl))}\n" + extra,
-        encoding="utf-8",
+    query: tuple[tuple[str, str], ...] = DEFAULT_QUERY,
+) -> Config:
+    """Write a daemon config (docs/CONFIG.md) for the tests: 16 kHz mono, 20 ms periods, an
+    energy gate (``threshold_dbfs`` None: "auto"), transcripts to ``jsonl``; return it."""
+    config = Config(
+        deepgram=DeepgramConfig(url=url, query=query),
+        audio=AudioConfig(device=device, rate=16000, channels=1, period_ms=20),
+        gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=threshold_dbfs),
+        output=OutputConfig(journald=journald, jsonl=str(jsonl)),
     )
+    path.write_text(dump(config), encoding="utf-8")
+    return config
 
 
 def daemon_env(

@@ -1,4 +1,4 @@
-"""Tests for dgd.core.config (parsing, validation messages, redaction) and
+"""Tests for dgd.core.config (parsing, validation messages, writing, redaction) and
 dgd.daemon.configfile (the file and the API key), and etc/dgd.toml."""
 
 from __future__ import annotations
@@ -20,11 +20,14 @@ from dgd.core.config import (
     DeepgramConfig,
     GateConfig,
     LogConfig,
+    LogLevel,
     OutputConfig,
     StreamConfig,
+    dump,
     loads,
     parse,
 )
+from dgd.core.gate import GateMode
 from dgd.daemon.configfile import load, load_api_key
 
 REPO: Path = Path(__file__).resolve().parent.parent
@@ -56,7 +59,7 @@ def test_defaults() -> None:
     )
     assert cfg.audio == AudioConfig(device="default", rate=16000, channels=1, period_ms=20)
     assert cfg.gate == GateConfig(
-        mode="energy", threshold_dbfs=None, preroll_ms=300, hangover_ms=1500
+        mode=GateMode.ENERGY, threshold_dbfs=None, preroll_ms=300, hangover_ms=1500
     )
     assert cfg.stream == StreamConfig(
         frame_ms=100,
@@ -72,7 +75,7 @@ def test_defaults() -> None:
         rejected_retry_s=300.0,
     )
     assert cfg.output == OutputConfig(journald=True, jsonl="", interim=False, stats_interval_s=60.0)
-    assert cfg.log == LogConfig(level="info")
+    assert cfg.log == LogConfig(level=LogLevel.INFO)
     assert DEFAULT_CONFIG_PATH == "/etc/dgd.toml"
 
 
@@ -102,12 +105,15 @@ GOOD: list[tuple[str, Config]] = [
     (
         '[gate]\nmode = "shadow"\nthreshold_dbfs = -45\npreroll_ms = 250\nhangover_ms = 0\n',
         replace(
-            D, gate=GateConfig(mode="shadow", threshold_dbfs=-45.0, preroll_ms=250, hangover_ms=0)
+            D,
+            gate=GateConfig(
+                mode=GateMode.SHADOW, threshold_dbfs=-45.0, preroll_ms=250, hangover_ms=0
+            ),
         ),
     ),
     (
         '[gate]\nmode = "off"\nthreshold_dbfs = "auto"\n',
-        replace(D, gate=replace(D.gate, mode="off")),
+        replace(D, gate=replace(D.gate, mode=GateMode.OFF)),
     ),
     (
         # Seconds accept integers and floats alike; integers become floats.
@@ -143,7 +149,7 @@ GOOD: list[tuple[str, Config]] = [
                 interim=True,
                 stats_interval_s=0.0,
             ),
-            log=LogConfig(level="debug"),
+            log=LogConfig(level=LogLevel.DEBUG),
         ),
     ),
 ]
@@ -152,6 +158,33 @@ GOOD: list[tuple[str, Config]] = [
 @pytest.mark.parametrize(("text", "expected"), GOOD)
 def test_good_config(text: str, expected: Config) -> None:
     assert loads(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("", GateMode.ENERGY),
+        ('[gate]\nmode = "off"\n', GateMode.OFF),
+        ('[gate]\nmode = "energy"\n', GateMode.ENERGY),
+        ('[gate]\nmode = "shadow"\n', GateMode.SHADOW),
+    ],
+)
+def test_gate_mode_is_the_enum_member(text: str, mode: GateMode) -> None:
+    assert loads(text).gate.mode is mode
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [
+        ("", LogLevel.INFO),
+        ('[log]\nlevel = "debug"\n', LogLevel.DEBUG),
+        ('[log]\nlevel = "info"\n', LogLevel.INFO),
+        ('[log]\nlevel = "warning"\n', LogLevel.WARNING),
+        ('[log]\nlevel = "error"\n', LogLevel.ERROR),
+    ],
+)
+def test_log_level_is_the_enum_member(text: str, level: LogLevel) -> None:
+    assert loads(text).log.level is level
 
 
 # ---------------------------------------------------------------- query rendering
@@ -260,6 +293,19 @@ BAD: list[tuple[str, tuple[str, ...]]] = [
     (
         '[log]\nlevel = "INFO"\n',
         ('log.level: must be one of "debug", "info", "warning", "error" (got "INFO")',),
+    ),
+    ("[gate]\nmode = 1\n", ('gate.mode: must be one of "off", "energy", "shadow" (got 1)',)),
+    (
+        '[gate]\nmode = "Energy"\n',
+        ('gate.mode: must be one of "off", "energy", "shadow" (got "Energy")',),
+    ),
+    (
+        "[log]\nlevel = false\n",
+        ('log.level: must be one of "debug", "info", "warning", "error" (got false)',),
+    ),
+    (
+        '[log]\nlevel = "critical"\n',
+        ('log.level: must be one of "debug", "info", "warning", "error" (got "critical")',),
     ),
     (
         "[stream]\nping_interval_s = nan\n",
@@ -553,17 +599,202 @@ def test_load_not_utf8(tmp_path: Path) -> None:
     assert info.value.problems == (f"{path}: not valid UTF-8 (byte 18); TOML files must be UTF-8",)
 
 
-# ---------------------------------------------------------------- redacted()
+# ---------------------------------------------------------------- dump()
+
+DEFAULTS_TEXT: str = """\
+# dgd configuration (every key; docs/CONFIG.md describes them)
+
+[deepgram]
+url = "wss://api.deepgram.com/v1/listen"
+api_key_file = ""
+
+[deepgram.query]
+model = "nova-3"
+language = "en-US"
+smart_format = true
+interim_results = false
+
+[audio]
+device = "default"
+rate = 16000
+channels = 1
+period_ms = 20
+
+[gate]
+mode = "energy"
+threshold_dbfs = "auto"
+preroll_ms = 300
+hangover_ms = 1500
+
+[stream]
+frame_ms = 100
+keepalive_interval_s = 4.0
+replay_buffer_s = 120.0
+close_timeout_s = 5.0
+connect_timeout_s = 10.0
+ping_interval_s = 5.0
+ping_timeout_s = 10.0
+backoff_initial_s = 1.0
+backoff_max_s = 60.0
+rate_limited_backoff_s = 30.0
+rejected_retry_s = 300.0
+
+[output]
+journald = true
+jsonl = ""
+interim = false
+stats_interval_s = 60.0
+
+[log]
+level = "info"
+"""
+
+#: Every kind of value a config holds: repeats, numbers and booleans as strings, a secret,
+#: quoted keys, paths, non-ASCII text and characters TOML must escape.
+BUSY: Config = Config(
+    deepgram=DeepgramConfig(
+        url="ws://127.0.0.1:8765/v1/listen",
+        api_key_file="/etc/dgd/clé api",
+        query=(
+            ("model", "nova-2"),
+            ("keyterm", "dgd"),
+            ("keyterm", "Raspberry Pi"),
+            ("endpointing", "300"),
+            ("tag", "007"),
+            ("x", "-0.5"),
+            ("punctuate", "true"),
+            ("token", SECRET),
+            ("odd key", "v"),
+            ("ключ", "значение"),
+        ),
+    ),
+    audio=AudioConfig(device='mic "1" \\ \tünï\n\x01\x7f 🎤', rate=44100, channels=2, period_ms=10),
+    gate=GateConfig(mode=GateMode.SHADOW, threshold_dbfs=-45.5, preroll_ms=0, hangover_ms=10000),
+    stream=replace(D.stream, frame_ms=50, replay_buffer_s=0.0, backoff_initial_s=0.25),
+    output=OutputConfig(journald=False, jsonl="/var/lib/dgd/t 1.jsonl", interim=True),
+    log=LogConfig(level=LogLevel.DEBUG),
+)
+
+BUSY_TEXT: str = f"""\
+# dgd configuration (every key; docs/CONFIG.md describes them)
+
+[deepgram]
+url = "ws://127.0.0.1:8765/v1/listen"
+api_key_file = "/etc/dgd/clé api"
+
+[deepgram.query]
+model = "nova-2"
+keyterm = ["dgd", "Raspberry Pi"]
+endpointing = 300
+tag = "007"
+x = "-0.5"
+punctuate = true
+token = "{SECRET}"
+"odd key" = "v"
+"ключ" = "значение"
+
+[audio]
+device = "mic \\"1\\" \\\\ \tünï\\n\\u0001\\u007F 🎤"
+rate = 44100
+channels = 2
+period_ms = 10
+
+[gate]
+mode = "shadow"
+threshold_dbfs = -45.5
+preroll_ms = 0
+hangover_ms = 10000
+
+[stream]
+frame_ms = 50
+keepalive_interval_s = 4.0
+replay_buffer_s = 0.0
+close_timeout_s = 5.0
+connect_timeout_s = 10.0
+ping_interval_s = 5.0
+ping_timeout_s = 10.0
+backoff_initial_s = 0.25
+backoff_max_s = 60.0
+rate_limited_backoff_s = 30.0
+rejected_retry_s = 300.0
+
+[output]
+journald = false
+jsonl = "/var/lib/dgd/t 1.jsonl"
+interim = true
+stats_interval_s = 60.0
+
+[log]
+level = "debug"
+"""
+
+
+def test_dump_defaults_exactly() -> None:
+    assert dump(D) == DEFAULTS_TEXT
+
+
+def test_dump_every_kind_of_value_exactly() -> None:
+    assert dump(BUSY) == BUSY_TEXT
+
+
+def test_dump_redacted_differs_only_in_the_header_and_the_secret() -> None:
+    plain, redacted = dump(BUSY).splitlines(), dump(BUSY, redact_secrets=True).splitlines()
+    changed = [(a, b) for a, b in zip(plain, redacted, strict=True) if a != b]
+    assert changed == [
+        (
+            "# dgd configuration (every key; docs/CONFIG.md describes them)",
+            "# dgd effective configuration (defaults filled in; secrets redacted)",
+        ),
+        (f'token = "{SECRET}"', 'token = "<redacted>"'),
+    ]
+
+
+ROUND_TRIP: list[Config] = [
+    D,
+    BUSY,
+    *(expected for _, expected in GOOD),
+    *(replace(D, deepgram=replace(D.deepgram, query=query)) for _, query in QUERY),
+    *(replace(D, gate=replace(D.gate, mode=mode)) for mode in GateMode),
+    *(replace(D, log=LogConfig(level=level)) for level in LogLevel),
+    *(
+        replace(D, gate=replace(D.gate, threshold_dbfs=threshold))
+        for threshold in (None, -100.0, 0.0, -50.0, -33.3, -1e-05)
+    ),
+    replace(D, deepgram=replace(D.deepgram, query=(("a.b c", "x=1&y=2"), ("q", '"\\\n')))),
+    replace(
+        D, deepgram=replace(D.deepgram, query=(("n", "0"), ("n", "-0"), ("n", "+1"), ("n", "1e3")))
+    ),
+    replace(D, deepgram=replace(D.deepgram, query=(("b", "True"), ("b", "false"), ("b", "")))),
+    replace(D, stream=replace(D.stream, keepalive_interval_s=9, close_timeout_s=0.5)),
+    replace(D, output=replace(D.output, stats_interval_s=86400.0, jsonl="/tmp/ü/t.jsonl")),
+]
+
+
+@pytest.mark.parametrize("cfg", ROUND_TRIP)
+def test_dump_round_trips(cfg: Config) -> None:
+    again = parse(tomllib.loads(dump(cfg)))
+    assert again == cfg
+    assert again.gate.mode is cfg.gate.mode
+    assert again.log.level is cfg.log.level
+
+
+def test_dump_refuses_a_query_no_file_can_express() -> None:
+    apart = replace(D, deepgram=replace(D.deepgram, query=(("a", "1"), ("b", "2"), ("a", "3"))))
+    with pytest.raises(ValueError, match="a: its repeats are apart"):
+        dump(apart)
+
+
+# ---------------------------------------------------------------- dump(redact_secrets=True)
 
 
 @pytest.mark.parametrize("text", [text for text, _ in GOOD] + [text for text, _ in QUERY])
 def test_redacted_round_trips(text: str) -> None:
     cfg = loads(text)
-    assert parse(tomllib.loads(cfg.redacted())) == cfg
+    assert parse(tomllib.loads(dump(cfg, redact_secrets=True))) == cfg
 
 
 def test_redacted_lists_every_key_with_defaults() -> None:
-    data = tomllib.loads(D.redacted())
+    data = tomllib.loads(dump(D, redact_secrets=True))
     assert data == {
         "deepgram": {
             "url": "wss://api.deepgram.com/v1/listen",
@@ -607,7 +838,7 @@ def test_redacted_escapes_strings() -> None:
         audio=replace(D.audio, device=odd),
         deepgram=replace(D.deepgram, query=(("a.b c", odd), ("n", "007"), ("m", "-3"))),
     )
-    assert parse(tomllib.loads(cfg.redacted())) == cfg
+    assert parse(tomllib.loads(dump(cfg, redact_secrets=True))) == cfg
 
 
 def test_redacted_hides_secret_query_values_and_the_key(tmp_path: Path) -> None:
@@ -620,7 +851,7 @@ def test_redacted_hides_secret_query_values_and_the_key(tmp_path: Path) -> None:
     )
     key, _ = load_api_key(cfg.deepgram, {})
     assert key.value == SECRET
-    text = cfg.redacted()
+    text = dump(cfg, redact_secrets=True)
     assert SECRET not in text
     assert 'token = "<redacted>"' in text
     assert tomllib.loads(text)["deepgram"]["query"] == {"model": "nova-3", "token": "<redacted>"}
@@ -779,7 +1010,7 @@ def test_shipped_example_parses_to_defaults() -> None:
 def test_shipped_example_lists_every_key() -> None:
     with open(REPO / "etc" / "dgd.toml", "rb") as file:
         shipped = tomllib.load(file)
-    assert shipped == tomllib.loads(D.redacted())
+    assert shipped == tomllib.loads(dump(D, redact_secrets=True))
 
 
 def test_shipped_example_has_one_comment_per_key() -> None:
@@ -791,7 +1022,7 @@ def test_shipped_example_has_one_comment_per_key() -> None:
 
 def test_config_docs_mention_every_key() -> None:
     doc = (REPO / "docs" / "CONFIG.md").read_text()
-    for section, keys in tomllib.loads(D.redacted()).items():
+    for section, keys in tomllib.loads(dump(D, redact_secrets=True)).items():
         for key, value in keys.items():
             if not isinstance(value, dict):
                 assert f"`{key}`" in doc, f"docs/CONFIG.md lacks {section}.{key}"

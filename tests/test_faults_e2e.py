@@ -119,7 +119,7 @@ def test_tcp_drop_mid_utterance(tmp_path: Path, journald: None) -> None:
         rig.check_transcripts()
         lost = rig.events("disconnected")
         assert [(e["DGD_CAUSE"], e["DGD_VERDICT"]) for e in lost] == [("network", "transient")]
-        assert float(lost[0]["DGD_NEXT_DELAY_S"]) <= FAST_STREAM["backoff_initial_s"]
+        assert float(lost[0]["DGD_NEXT_DELAY_S"]) <= FAST_STREAM.backoff_initial_s
         again = [e for e in rig.events("connected") if "DGD_BACKLOG_S" in e]
         assert len(again) == 1, again
         assert float(again[0]["DGD_BACKLOG_S"]) > 0, again
@@ -167,7 +167,7 @@ def test_repeated_1011_and_three_503(tmp_path: Path, journald: None) -> None:
         assert {e["DGD_CAUSE"] for e in lost} == {"closed-1011", "http-503"}, diag
         assert {e["DGD_VERDICT"] for e in lost} == {"transient"}, diag
         delays = [float(e["DGD_NEXT_DELAY_S"]) for e in lost]
-        assert max(delays) <= FAST_STREAM["backoff_max_s"], delays
+        assert max(delays) <= FAST_STREAM.backoff_max_s, delays
         assert any("NET-0000" in e["MESSAGE"] for e in lost), diag
 
 
@@ -181,7 +181,7 @@ def test_permanent_401_stays_up_spaced_then_sighup(tmp_path: Path, journald: Non
     key_file = tmp_path / "api-key"
     key_file.write_text(bad_key + "\n", encoding="utf-8")
     key_file.chmod(0o600)
-    retry_s = FAST_STREAM["rejected_retry_s"]
+    retry_s = FAST_STREAM.rejected_retry_s
     with fault_rig(tmp_path, [], server_key=good_key, key_file=key_file) as rig:
         rig.wait_ready()
         first = wait_handshake(rig.record_dir, 1, 10.0)

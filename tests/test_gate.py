@@ -8,8 +8,8 @@ from dgd.core.gate import (
     AUTO_CLOSE_MARGIN_DB,
     AUTO_OPEN_MARGIN_DB,
     FLOOR_MIN_DBFS,
-    GATE_MODES,
     Gate,
+    GateMode,
     GateStatistics,
     GateStep,
     NoiseFloor,
@@ -21,7 +21,7 @@ T = -40.0  # the fixed threshold (open at >= -40, stay open at >= -43)
 
 
 def make(
-    mode: str = "energy",
+    mode: GateMode = GateMode.ENERGY,
     threshold: float | None = T,
     preroll_ms: int = 60,
     hangover_ms: int = 60,
@@ -180,7 +180,7 @@ def test_attack_is_40_ms_rounded_up(period_ms: int, n_loud: int, opens: bool) ->
 
 def test_items_are_opaque() -> None:
     gate: Gate[str] = Gate(
-        mode="energy", threshold_dbfs=T, preroll_ms=20, hangover_ms=0, period_ms=20
+        mode=GateMode.ENERGY, threshold_dbfs=T, preroll_ms=20, hangover_ms=0, period_ms=20
     )
     assert gate.feed("a", Q).forward == ()
     assert gate.feed("b", L).forward == ()
@@ -191,7 +191,7 @@ def test_items_are_opaque() -> None:
 
 
 def test_off_forwards_everything_and_never_opens() -> None:
-    gate = make(mode="off")
+    gate = make(mode=GateMode.OFF)
     levels = [Q, L, L, Q, Q, Q, Q, Q, -120.0]
     steps = run(gate, levels)
     assert forwards(steps) == [(i,) for i in range(len(levels))]
@@ -206,7 +206,7 @@ def test_off_forwards_everything_and_never_opens() -> None:
 def test_shadow_forwards_everything_and_reports_energy_decisions() -> None:
     levels = [Q, Q, Q, Q, L, L, Q, Q, Q, Q, Q]
     energy = run(make(), levels)
-    gate = make(mode="shadow")
+    gate = make(mode=GateMode.SHADOW)
     shadow = run(gate, levels)
     assert forwards(shadow) == [(i,) for i in range(len(levels))]
     assert flagged(shadow, "opened") == flagged(energy, "opened") == [5]
@@ -235,7 +235,7 @@ def test_statistics_energy() -> None:
 def test_reconfigure_keeps_open_state_and_applies_new_hangover() -> None:
     gate = make(preroll_ms=0, hangover_ms=200)
     run(gate, [L, L, Q])
-    gate.reconfigure(mode="energy", threshold_dbfs=T, preroll_ms=0, hangover_ms=40)
+    gate.reconfigure(mode=GateMode.ENERGY, threshold_dbfs=T, preroll_ms=0, hangover_ms=40)
     assert gate.is_open
     steps = run(gate, [Q, Q, Q], start=3)
     # One quiet period already counted; 40 ms = 2 periods of hangover: 3 sent, 4 closes.
@@ -246,15 +246,15 @@ def test_reconfigure_keeps_open_state_and_applies_new_hangover() -> None:
 def test_reconfigure_keeps_the_newest_preroll() -> None:
     gate = make(preroll_ms=100, hangover_ms=0)
     run(gate, [Q] * 6)  # the ring holds items 1..5
-    gate.reconfigure(mode="energy", threshold_dbfs=T, preroll_ms=40, hangover_ms=0)
+    gate.reconfigure(mode=GateMode.ENERGY, threshold_dbfs=T, preroll_ms=40, hangover_ms=0)
     steps = run(gate, [L, L], start=6)
     assert forwards(steps) == [(), (5, 6, 7)]
 
 
 def test_reconfigure_off_to_energy_starts_open() -> None:
-    gate = make(mode="off", preroll_ms=0, hangover_ms=20)
+    gate = make(mode=GateMode.OFF, preroll_ms=0, hangover_ms=20)
     run(gate, [Q, Q])
-    gate.reconfigure(mode="energy", threshold_dbfs=T, preroll_ms=0, hangover_ms=20)
+    gate.reconfigure(mode=GateMode.ENERGY, threshold_dbfs=T, preroll_ms=0, hangover_ms=20)
     assert gate.is_open
     steps = run(gate, [Q, Q, Q], start=2)
     assert forwards(steps) == [(2,), (), ()]
@@ -262,9 +262,9 @@ def test_reconfigure_off_to_energy_starts_open() -> None:
 
 
 def test_reconfigure_shadow_to_energy_does_not_resend_preroll() -> None:
-    gate = make(mode="shadow", preroll_ms=60, hangover_ms=0)
+    gate = make(mode=GateMode.SHADOW, preroll_ms=60, hangover_ms=0)
     run(gate, [Q, Q, Q])  # forwarded already, and in the shadow ring
-    gate.reconfigure(mode="energy", threshold_dbfs=T, preroll_ms=60, hangover_ms=0)
+    gate.reconfigure(mode=GateMode.ENERGY, threshold_dbfs=T, preroll_ms=60, hangover_ms=0)
     steps = run(gate, [Q, L, L], start=3)
     assert forwards(steps) == [(), (), (3, 4, 5)]
 
@@ -272,7 +272,7 @@ def test_reconfigure_shadow_to_energy_does_not_resend_preroll() -> None:
 def test_reconfigure_to_fixed_threshold() -> None:
     gate = make(threshold=None)
     run(gate, [-70.0] * 10)
-    gate.reconfigure(mode="energy", threshold_dbfs=-20.0, preroll_ms=60, hangover_ms=60)
+    gate.reconfigure(mode=GateMode.ENERGY, threshold_dbfs=-20.0, preroll_ms=60, hangover_ms=60)
     assert gate.threshold_dbfs == -20.0
     assert gate.close_threshold_dbfs == -20.0 - (AUTO_OPEN_MARGIN_DB - AUTO_CLOSE_MARGIN_DB)
     assert gate.noise_floor_dbfs == -70.0  # kept
@@ -291,7 +291,7 @@ def test_reconfigure_rejects_bad_values_and_changes_nothing(
 ) -> None:
     gate = make(preroll_ms=0, hangover_ms=0)
     args: dict[str, object] = {
-        "mode": "energy",
+        "mode": GateMode.ENERGY,
         "threshold_dbfs": T,
         "preroll_ms": 0,
         "hangover_ms": 0,
@@ -306,8 +306,16 @@ def test_bad_period_is_rejected() -> None:
         make(period_ms=0)
 
 
-def test_modes() -> None:
-    assert GATE_MODES == ("off", "energy", "shadow")
+def test_modes_are_the_config_spellings() -> None:
+    assert [str(mode) for mode in GateMode] == ["off", "energy", "shadow"]
+
+
+def test_a_mode_given_as_its_string_is_taken_as_the_member() -> None:
+    gate = make()
+    mode: object = "shadow"
+    gate.reconfigure(mode=mode, threshold_dbfs=T, preroll_ms=0, hangover_ms=0)  # type: ignore[arg-type]
+    assert gate.statistics().would_drop == 0
+    assert forwards(run(gate, [Q, Q])) == [(0,), (1,)]  # shadow forwards even silence
 
 
 # --- auto threshold: noise floor, start-up, hysteresis --------------------------------------

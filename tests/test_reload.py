@@ -12,9 +12,11 @@ from dgd.core.config import (
     DeepgramConfig,
     GateConfig,
     LogConfig,
+    LogLevel,
     OutputConfig,
     StreamConfig,
 )
+from dgd.core.gate import GateMode
 from dgd.core.reload import ReloadPlan, plan_reload, refuse
 
 OLD = Config()
@@ -35,7 +37,7 @@ def changed(**sections: object) -> Config:
             id="gate-in-place",
         ),
         pytest.param(
-            changed(output=OutputConfig(journald=False), log=LogConfig(level="debug")),
+            changed(output=OutputConfig(journald=False), log=LogConfig(level=LogLevel.DEBUG)),
             False,
             ReloadPlan(changed=("output", "log"), apply_in_place=True),
             id="output-and-log-in-place",
@@ -80,7 +82,7 @@ def changed(**sections: object) -> Config:
             OLD, True, ReloadPlan(changed=("api key",), reconnect=True), id="key-reconnects"
         ),
         pytest.param(
-            changed(audio=AudioConfig(rate=8000), gate=GateConfig(mode="off")),
+            changed(audio=AudioConfig(rate=8000), gate=GateConfig(mode=GateMode.OFF)),
             True,
             ReloadPlan(
                 changed=("audio", "gate", "api key"),

@@ -29,7 +29,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -67,6 +67,8 @@ from tests.harness import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
+
+    from dgd.core.config import StreamConfig
 
 SAMPLE, UTTERANCES = load_sample()
 #: Per-step waits (a reload, a device opening, a journal record): generous for a loaded
@@ -147,7 +149,7 @@ def reload_rig(
     tmp_path: Path,
     *,
     devices: Sequence[str] = (PCM_NAME,),
-    stream: Mapping[str, float] | None = None,
+    stream: StreamConfig = FAST_STREAM,
     edit: Callable[[str], str] | None = None,
     watchdog_usec: int | None = None,
 ) -> Iterator[Rig]:
@@ -172,8 +174,7 @@ def reload_rig(
             mics[name] = FifoMic(tmp_path / f"{name}.fifo")
             stack.callback(mics[name].close)
         notify = stack.enter_context(NotifyListener(tmp_path / "notify.sock"))
-        settings = {**FAST_STREAM, **(stream or {})}
-        write_fault_config(config, url=server.url, device=devices[0], jsonl=jsonl, stream=settings)
+        write_fault_config(config, url=server.url, device=devices[0], jsonl=jsonl, stream=stream)
         if edit is not None:
             config.write_text(edit(config.read_text(encoding="utf-8")), encoding="utf-8")
         env = daemon_env(alsa_conf=alsa_conf, notify_socket=notify.address)
@@ -198,7 +199,8 @@ def test_new_rate_gets_its_own_handshake_and_capture_pauses_only_for_the_reopen(
 ) -> None:
     close_timeout_s = 15.0  # the old code held capture this long; the reopen takes well under 1 s
     audio_16k, audio_8k = utterance(0), utterance_8k(3)
-    with reload_rig(tmp_path, stream={"close_timeout_s": close_timeout_s}) as rig:
+    stream = replace(FAST_STREAM, close_timeout_s=close_timeout_s)
+    with reload_rig(tmp_path, stream=stream) as rig:
         world, mic = rig.world, rig.world.the_mic()
         world.wait_ready()
         placed = world.play_utterance(audio_16k, 1.0)
@@ -414,7 +416,7 @@ def test_a_rate_change_pending_when_capture_reopens_gets_its_own_handshake(
         world.stop()
 
         diag = world.diagnostics()
-        frame_s = FAST_STREAM["frame_ms"] / 1000
+        frame_s = FAST_STREAM.frame_ms / 1000
         sent = []
         for shake in handshakes(world.record_dir):
             rate = int(shake["query"]["sample_rate"])

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
 
+from dgd.core.config import dump, loads
 from dgd.testing.fifomic import FifoMic, write_alsa_conf
 from tests.fault_harness import PCM_NAME, conn_records, fault_rig, handshakes, silence_s
 from tests.harness import (
@@ -75,9 +77,15 @@ def test_reload_applies_in_place_reconnects_for_deepgram_and_refuses_bad_config(
 
         # 1. New gate threshold (in place) and a new Deepgram query (graceful reconnect).
         config = tmp_path / "dgd.toml"
-        original = config.read_text(encoding="utf-8")
-        changed = original.replace("threshold_dbfs = -50.0", "threshold_dbfs = -48.0")
-        config.write_text(changed + '[deepgram.query]\nmodel = "nova-2"\n', encoding="utf-8")
+        running = loads(config.read_text(encoding="utf-8"))
+        changed = dump(
+            replace(
+                running,
+                gate=replace(running.gate, threshold_dbfs=-48.0),
+                deepgram=replace(running.deepgram, query=(("model", "nova-2"),)),
+            )
+        )
+        config.write_text(changed, encoding="utf-8")
         assert_reload_protocol(reload_and_wait(rig, 1))
         reloaded = rig.events("reloaded", 5.0, 1)
         assert reloaded, rig.diagnostics()
@@ -87,8 +95,12 @@ def test_reload_applies_in_place_reconnects_for_deepgram_and_refuses_bad_config(
         after = rig.play(silence_s(GAP_S))
         rig.wait_written(after + round(GAP_S * BYTES_PER_S))
 
-        # 2. An invalid config is refused; the running one (and the stream) carry on.
-        config.write_text(changed.replace("[gate]\n", "[gate]\nhangover_ms = -5\n"), "utf-8")
+        # 2. An invalid config is refused; the running one (and the stream) carry on. No Config
+        # can hold the bad value, so the file is edited as text.
+        assert "\nhangover_ms = 1500\n" in changed
+        config.write_text(
+            changed.replace("\nhangover_ms = 1500\n", "\nhangover_ms = -5\n"), "utf-8"
+        )
         assert_reload_protocol(reload_and_wait(rig, 2))
         refused = rig.events("reload_failed", 5.0, 1)
         assert refused, rig.diagnostics()
@@ -135,10 +147,10 @@ def test_reload_reopens_a_new_audio_device(tmp_path: Path, journald: None) -> No
         mic2 = FifoMic(second_fifo)
         try:
             config = tmp_path / "dgd.toml"
-            text = config.read_text(encoding="utf-8")
-            config.write_text(
-                text.replace(f'device = "{PCM_NAME}"', f'device = "{PCM_NAME}2"'), "utf-8"
-            )
+            running = loads(config.read_text(encoding="utf-8"))
+            assert running.audio.device == PCM_NAME
+            moved = replace(running, audio=replace(running.audio, device=PCM_NAME + "2"))
+            config.write_text(dump(moved), "utf-8")
             assert_reload_protocol(reload_and_wait(rig, 1))
             assert rig.events("reload_audio", 5.0, 1), rig.diagnostics()
             assert mic2.wait_reader(10.0), "the new device was not opened\n" + rig.diagnostics()

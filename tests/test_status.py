@@ -6,6 +6,7 @@ from typing import TypedDict
 
 import pytest
 
+from dgd.core.gate import GateMode
 from dgd.core.status import StatusBoard, duration_text
 
 
@@ -33,7 +34,10 @@ STREAMING: _Streaming = {"device_ok": True, "link": "streaming"}
         ),
         pytest.param(StatusBoard(**STREAMING), "gated: silence", id="gated"),
         pytest.param(StatusBoard(**STREAMING, gate_open=True), "streaming", id="speech"),
-        pytest.param(StatusBoard(**STREAMING, gate_mode="off"), "streaming", id="gate-off"),
+        pytest.param(StatusBoard(**STREAMING, gate_mode=GateMode.OFF), "streaming", id="gate-off"),
+        pytest.param(
+            StatusBoard(**STREAMING, gate_mode=GateMode.SHADOW), "streaming", id="gate-shadow"
+        ),
         pytest.param(
             StatusBoard(**STREAMING, gist="sent 12 s of 15.2 min captured"),
             "gated: silence; sent 12 s of 15.2 min captured",

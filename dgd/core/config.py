@@ -1,21 +1,27 @@
-"""Configuration: validate ``/etc/dgd.toml`` into frozen dataclasses, and find the API key.
+"""Configuration: ``/etc/dgd.toml`` validated into frozen dataclasses, and written back.
 
 ``parse()`` checks every key, type, range and cross-key rule and reports all problems at once,
-each naming the TOML key path. Reading the file and the key is
+each naming the TOML key path; ``dump()`` writes any Config as TOML text that parses back to
+it (``dgd check-config`` prints it with the secrets redacted). Reading the file and the key is
 ``dgd.daemon.configfile``'s; this module does no I/O.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from dgd.core.gate import GATE_MODES
-from dgd.core.messages import AUDIO_QUERY_KEYS, SECRET_QUERY_KEYS
+from dgd.core import tomltext
+from dgd.core.connection import AUDIO_QUERY_KEYS, SECRET_QUERY_KEYS
+from dgd.core.gate import GateMode
+from dgd.core.tomltext import MISSING, Table
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 DEFAULT_CONFIG_PATH: Final = "/etc/dgd.toml"
 #: Name of the systemd credential (``LoadCredential=deepgram-api-key:/etc/dgd/api-key``).
@@ -29,12 +35,22 @@ DEFAULT_QUERY: Final[tuple[tuple[str, str], ...]] = (
     ("smart_format", "true"),
     ("interim_results", "false"),
 )
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 #: Deepgram closes a live stream after 10 s with neither audio nor a KeepAlive (NET-0001).
 DEEPGRAM_IDLE_TIMEOUT_S: Final = 10.0
 
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER: Final = "# dgd configuration (every key; docs/CONFIG.md describes them)"
+_REDACTED_HEADER: Final = "# dgd effective configuration (defaults filled in; secrets redacted)"
+_REDACTED: Final = "<redacted>"
 _TOML_ERROR_POSITION: Final = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)$")
+
+
+class LogLevel(enum.StrEnum):
+    """``log.level``: the logging threshold (Python's level names, lower-case)."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 class ConfigError(Exception):
@@ -85,7 +101,7 @@ class AudioConfig:
 class GateConfig:
     """The silence gate. ``threshold_dbfs`` is None for "auto" (derived from the noise floor)."""
 
-    mode: str = "energy"
+    mode: GateMode = GateMode.ENERGY
     threshold_dbfs: float | None = None
     preroll_ms: int = 300
     hangover_ms: int = 1500
@@ -120,9 +136,9 @@ class OutputConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """Logging threshold: one of ``LOG_LEVELS``."""
+    """Logging threshold."""
 
-    level: str = "info"
+    level: LogLevel = LogLevel.INFO
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,25 +151,6 @@ class Config:
     stream: StreamConfig = StreamConfig()
     output: OutputConfig = OutputConfig()
     log: LogConfig = LogConfig()
-
-    def redacted(self) -> str:
-        """The effective configuration as TOML text, every key present, for ``dgd check-config``.
-
-        The API key is never part of a Config. Query parameters that carry credentials
-        (``SECRET_QUERY_KEYS``) are shown as ``"<redacted>"``; for every other config,
-        ``parse(tomllib.loads(cfg.redacted())) == cfg``.
-        """
-        lines = ["# dgd effective configuration (defaults filled in; secrets redacted)"]
-        for section in fields(self):
-            value = getattr(self, section.name)
-            lines += ["", f"[{section.name}]"]
-            for item in fields(value):
-                if item.name == "query":
-                    continue
-                lines.append(f"{item.name} = {_toml_value(getattr(value, item.name))}")
-            if isinstance(value, DeepgramConfig):
-                lines += ["", "[deepgram.query]", *_query_lines(value.query)]
-        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,205 +167,20 @@ class ApiKey:
         return self.__repr__()
 
 
-def _toml_string(text: str) -> str:
-    # TOML basic string: quote, backslash and control characters (but not tab) must be escaped.
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char == "\n":
-            out.append("\\n")
-        elif (code < 0x20 and char != "\t") or code == 0x7F:
-            out.append(f"\\u{code:04X}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
-
-
-def _toml_value(value: object) -> str:
-    """Render a value in TOML syntax: used by ``redacted()`` and for "(got ...)" in messages."""
-    if value is None:  # only gate.threshold_dbfs = "auto" is None
-        return '"auto"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        items = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + (f" {items} " if items else "") + "}"
-    return str(value)  # TOML dates and times print as themselves
-
-
-def _query_scalar(text: str) -> str:
-    # Query values are stored as strings; write back true/false and integers bare so the
-    # effective config reads like the file. Either way it parses to the same strings.
-    if text in ("true", "false") or re.fullmatch(r"-?[1-9][0-9]*|0", text):
-        return text
-    return _toml_string(text)
-
-
-def _query_lines(query: tuple[tuple[str, str], ...]) -> list[str]:
-    # TOML keys are unique, so the repeats of one key are always adjacent: group them.
-    grouped: list[tuple[str, list[str]]] = []
-    for key, value in query:
-        shown = "<redacted>" if key.lower() in SECRET_QUERY_KEYS else value
-        if grouped and grouped[-1][0] == key:
-            grouped[-1][1].append(shown)
-        else:
-            grouped.append((key, [shown]))
-    lines = []
-    for key, values in grouped:
-        rendered = [_query_scalar(v) for v in values]
-        text = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
-        lines.append(f"{_toml_key(key)} = {text}")
-    return lines
-
-
-class _Missing:
-    """Sentinel type for "key not present"."""
-
-
-_MISSING: Final = _Missing()
-
-
-class _Table:
-    """Reads one TOML table, recording problems instead of raising so parse() reports all.
-
-    On a problem a getter returns the default and marks the key bad, so cross-key checks
-    can skip keys that already have a complaint.
-    """
-
-    def __init__(self, path: str, raw: Mapping[str, object], problems: list[str]) -> None:
-        self.path = path
-        self.raw = raw
-        self.known: list[str] = []
-        self.bad: set[str] = set()
-        self._problems = problems
-
-    def full(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def problem(self, key: str, text: str, value: object = _MISSING) -> None:
-        self.bad.add(key)
-        got = "" if value is _MISSING else f" (got {_toml_value(value)})"
-        self._problems.append(f"{self.full(key)}: {text}{got}")
-
-    def take(self, key: str) -> object:
-        self.known.append(key)
-        return self.raw.get(key, _MISSING)
-
-    def table(self, key: str) -> Mapping[str, object] | None:
-        value = self.take(key)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, Mapping):
-            self.problem(key, f"must be a table ([{self.full(key)}])", value)
-            return None
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.take(key)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problem(key, f"must be a whole number between {lo} and {hi}", value)
-            return default
-        return value if self.in_range(key, value, lo, hi, "") else default
-
-    def number(self, key: str, default: float, lo: float, hi: float, why: str = "") -> float:
-        value = self.take(key)
-        if value is _MISSING:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.problem(key, f"must be a number between {lo!r} and {hi!r}", value)
-            return default
-        return float(value) if self.in_range(key, value, lo, hi, why) else default
-
-    def in_range(self, key: str, value: float, lo: float, hi: float, why: str) -> bool:
-        # Written as "not >=" so that NaN, which compares false to everything, is refused.
-        if not value >= lo:
-            self.problem(key, f"must be >= {lo!r}{why}", value)
-            return False
-        if not value <= hi:
-            self.problem(key, f"must be <= {hi!r}{why}", value)
-            return False
-        return True
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.take(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, bool):
-            self.problem(key, "must be true or false", value)
-            return default
-        return value
-
-    def string(self, key: str, default: str) -> str:
-        value = self.take(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, str):
-            self.problem(key, "must be a string", value)
-            return default
-        return value
-
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.take(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, str) or value not in choices:
-            allowed = ", ".join(_toml_string(c) for c in choices)
-            self.problem(key, f"must be one of {allowed}", value)
-            return default
-        return value
-
-    def unknown_keys(self, schema: Mapping[str, list[str]]) -> None:
-        """Complain about every key this table did not read, suggesting what was meant."""
-        for key in self.raw:
-            if key not in self.known:
-                self._problems.append(f"{self.full(key)}: unknown key; {self._hint(key, schema)}")
-
-    def _hint(self, key: str, schema: Mapping[str, list[str]]) -> str:
-        # A key under the wrong table (or above all tables) is the likeliest slip, then a typo.
-        elsewhere = [
-            f"{path}.{key}" if path else key
-            for path, keys in schema.items()
-            if path != self.path and key in keys
-        ]
-        if elsewhere:
-            return f"did you mean {elsewhere[0]}?"
-        import difflib  # only on an error: it costs 10 ms of start-up on every run otherwise
-
-        close = difflib.get_close_matches(key, self.known, n=1)
-        if close:
-            return f"did you mean {self.full(close[0])}?"
-        return ("valid tables: " if not self.path else "valid keys: ") + ", ".join(self.known)
-
-
 def _query(raw: Mapping[str, object], problems: list[str]) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for key, value in raw.items():
-        path = f"deepgram.query.{_toml_key(key)}" if key else "deepgram.query"
+        path = f"deepgram.query.{tomltext.key(key)}" if key else "deepgram.query"
         if not key:
             problems.append(f"{path}: parameter name must not be empty")
         elif key.lower() in AUDIO_QUERY_KEYS:
-            problems.append(f"{path}: set from [audio]; remove it (got {_toml_value(value)})")
+            problems.append(f"{path}: set from [audio]; remove it (got {tomltext.value(value)})")
         elif isinstance(value, list):
             rendered = [_query_value(v) for v in value]
             if any(r is None for r in rendered):
                 problems.append(
                     f"{path}: list items must be strings, numbers or booleans"
-                    f" (got {_toml_value(value)})"
+                    f" (got {tomltext.value(value)})"
                 )
             else:
                 pairs += [(key, r) for r in rendered if r is not None]
@@ -377,7 +189,7 @@ def _query(raw: Mapping[str, object], problems: list[str]) -> tuple[tuple[str, s
             if text is None:
                 problems.append(
                     f"{path}: must be a string, number, boolean or a list of those"
-                    f" (got {_toml_value(value)})"
+                    f" (got {tomltext.value(value)})"
                 )
             else:
                 pairs.append((key, text))
@@ -395,7 +207,7 @@ def _query_value(value: object) -> str | None:
     return None
 
 
-def _url(table: _Table) -> str:
+def _url(table: Table) -> str:
     url = table.string("url", DEFAULT_URL)
     if "url" in table.bad:
         return url
@@ -414,7 +226,7 @@ def _url(table: _Table) -> str:
     return url
 
 
-def _absolute_path(table: _Table, key: str, what: str, *, show: bool = True) -> str:
+def _absolute_path(table: Table, key: str, what: str, *, show: bool = True) -> str:
     path = table.string(key, "")
     if path and not path.startswith("/") and key not in table.bad:
         if show:
@@ -442,11 +254,11 @@ def parse(data: Mapping[str, object]) -> Config:
     """
     d = _DEFAULTS
     problems: list[str] = []
-    root = _Table("", data, problems)
-    tables: dict[str, _Table] = {}
+    root = Table("", data, problems)
+    tables: dict[str, Table] = {}
 
-    def section(name: str) -> _Table:
-        tables[name] = _Table(name, root.table(name) or {}, problems)
+    def section(name: str) -> Table:
+        tables[name] = Table(name, root.table(name) or {}, problems)
         return tables[name]
 
     dg = section("deepgram")
@@ -473,7 +285,7 @@ def parse(data: Mapping[str, object]) -> Config:
         )
 
     ga = section("gate")
-    mode = ga.choice("mode", d.gate.mode, GATE_MODES)
+    mode = ga.choice("mode", d.gate.mode)
     threshold = _threshold(ga)
     preroll_ms = ga.integer("preroll_ms", d.gate.preroll_ms, 0, 5000)
     hangover_ms = ga.integer("hangover_ms", d.gate.hangover_ms, 0, 10000)
@@ -513,7 +325,7 @@ def parse(data: Mapping[str, object]) -> Config:
     stats_s = ou.number("stats_interval_s", d.output.stats_interval_s, 0.0, 86400.0)
 
     lo = section("log")
-    level = lo.choice("level", d.log.level, LOG_LEVELS)
+    level = lo.choice("level", d.log.level)
 
     schema = {"": root.known} | {name: t.known for name, t in tables.items()}
     schema["deepgram"] = [k for k in dg.known if k != "query"]  # query is a table, not a key
@@ -548,9 +360,9 @@ def parse(data: Mapping[str, object]) -> Config:
     )
 
 
-def _threshold(table: _Table) -> float | None:
+def _threshold(table: Table) -> float | None:
     value = table.take("threshold_dbfs")
-    if value is _MISSING or value == "auto":
+    if value is MISSING or value == "auto":
         return None
     # -100 dBFS is below any real microphone's noise floor; 0 dBFS is full scale.
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -585,3 +397,31 @@ def loads(text: str, source: str = "<string>") -> Config:
         return parse(data)
     except ConfigError as exc:
         raise ConfigError(exc.problems, source=source) from None
+
+
+def dump(config: Config, *, redact_secrets: bool = False) -> str:
+    """The configuration as TOML text, every key present; ``loads(dump(c)) == c``.
+
+    Args:
+        config: a valid Config (one ``parse`` could return); the API key is never part of one.
+        redact_secrets: show query parameters that carry credentials (``SECRET_QUERY_KEYS``)
+            as ``"<redacted>"``, for ``dgd check-config``; the text then no longer round-trips.
+
+    Raises:
+        ValueError: the repeats of a query parameter are not adjacent (no file can say that).
+    """
+    lines = [_REDACTED_HEADER if redact_secrets else _HEADER]
+    for section in fields(config):
+        table = getattr(config, section.name)
+        lines += ["", f"[{section.name}]"]
+        for item in fields(table):
+            if item.name != "query":
+                lines.append(f"{item.name} = {tomltext.value(getattr(table, item.name))}")
+        if isinstance(table, DeepgramConfig):
+            query = table.query
+            if redact_secrets:
+                query = tuple(
+                    (k, _REDACTED if k.lower() in SECRET_QUERY_KEYS else v) for k, v in query
+                )
+            lines += ["", "[deepgram.query]", *tomltext.string_pairs(query)]
+    return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ an adaptive noise floor with hysteresis. The figures behind every default are in
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -17,7 +18,14 @@ from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
-GATE_MODES: Final = ("off", "energy", "shadow")
+
+class GateMode(enum.StrEnum):
+    """``gate.mode``: what the gate does with the audio."""
+
+    OFF = "off"  # forward everything; never open or close
+    ENERGY = "energy"  # gate on the level
+    SHADOW = "shadow"  # forward everything, but report what ENERGY would have done
+
 
 #: Auto threshold: the gate opens at this much above the noise floor. Two consecutive 20 ms
 #: periods of pink, brown or fan noise reach 4.3–5.5 dB above the floor estimate (99.9th
@@ -153,8 +161,8 @@ class Gate(Generic[T]):
     """The silence gate (see the module docstring); one ``feed`` per period, in order.
 
     Args:
-        mode: ``"off"`` forwards everything and never opens or closes; ``"energy"`` gates;
-            ``"shadow"`` forwards everything but reports what ``"energy"`` would have done.
+        mode: ``OFF`` forwards everything and never opens or closes; ``ENERGY`` gates;
+            ``SHADOW`` forwards everything but reports what ``ENERGY`` would have done.
         threshold_dbfs: periods at or above this level are speech; ``None`` means auto: the
             threshold follows the noise floor (``AUTO_OPEN_MARGIN_DB`` above it to open,
             ``AUTO_CLOSE_MARGIN_DB`` above it to stay open).
@@ -172,7 +180,7 @@ class Gate(Generic[T]):
     def __init__(
         self,
         *,
-        mode: str,
+        mode: GateMode,
         threshold_dbfs: float | None,
         preroll_ms: int,
         hangover_ms: int,
@@ -195,7 +203,7 @@ class Gate(Generic[T]):
         self._would_forward = 0
         self._opens = 0
         self._closes = 0
-        self._mode = "off"
+        self._mode = GateMode.OFF
         self._threshold: float | None = None
         self._hangover = 0
         self.reconfigure(
@@ -206,27 +214,29 @@ class Gate(Generic[T]):
         )
 
     def reconfigure(
-        self, *, mode: str, threshold_dbfs: float | None, preroll_ms: int, hangover_ms: int
+        self, *, mode: GateMode, threshold_dbfs: float | None, preroll_ms: int, hangover_ms: int
     ) -> None:
         """Apply a reloaded config without losing state.
 
         The open/closed state, the noise-floor estimate, the counters and the newest pre-roll
-        items that fit the new size are kept. Switching from ``"off"`` to a gating mode starts
+        items that fit the new size are kept. Switching from ``OFF`` to a gating mode starts
         open (as if speech had just been heard), so nothing is cut mid-word by a reload.
 
         Raises:
             ValueError: an unknown mode or a negative duration (nothing is changed).
         """
-        if mode not in GATE_MODES:
-            raise ValueError(f"gate.mode: must be one of {', '.join(GATE_MODES)}, got {mode!r}")
+        if mode not in set(GateMode):  # a plain string from an untyped caller is refused
+            allowed = ", ".join(GateMode)
+            raise ValueError(f"gate.mode: must be one of {allowed}, got {mode!r}")
+        mode = GateMode(mode)
         if preroll_ms < 0:
             raise ValueError(f"gate.preroll_ms: must be >= 0, got {preroll_ms}")
         if hangover_ms < 0:
             raise ValueError(f"gate.hangover_ms: must be >= 0, got {hangover_ms}")
-        if self._mode == "off" and mode != "off" and self._in > 0:
+        if self._mode is GateMode.OFF and mode is not GateMode.OFF and self._in > 0:
             self._open = True
             self._quiet = 0
-        if self._mode == "shadow" and mode == "energy":
+        if self._mode is GateMode.SHADOW and mode is GateMode.ENERGY:
             # In shadow mode the ring's items have been forwarded already.
             self._ring.clear()
         self._mode = mode
@@ -238,8 +248,8 @@ class Gate(Generic[T]):
 
     @property
     def is_open(self) -> bool:
-        """Whether audio is being sent (always True in ``"off"`` and ``"shadow"`` modes)."""
-        return self._mode != "energy" or self._open
+        """Whether audio is being sent (always True in ``OFF`` and ``SHADOW`` modes)."""
+        return self._mode is not GateMode.ENERGY or self._open
 
     @property
     def threshold_dbfs(self) -> float:
@@ -268,7 +278,7 @@ class Gate(Generic[T]):
             periods_gated=self._in - self._forwarded,
             opens=self._opens,
             closes=self._closes,
-            would_drop=self._in - self._would_forward if self._mode == "shadow" else 0,
+            would_drop=self._in - self._would_forward if self._mode is GateMode.SHADOW else 0,
         )
 
     def feed(self, item: T, level_dbfs: float) -> GateStep[T]:
@@ -291,7 +301,7 @@ class Gate(Generic[T]):
         if self._startup_left > 0:
             self._startup_left -= 1
             startup = self._threshold is None
-        if self._mode == "off":
+        if self._mode is GateMode.OFF:
             self._forwarded += 1
             return GateStep((item,), opened=False, closed=False, would_drop=False)
 
@@ -325,7 +335,7 @@ class Gate(Generic[T]):
             self._ring.append(item)  # a full ring drops its oldest item
 
         self._would_forward += len(forward)
-        if self._mode == "shadow":
+        if self._mode is GateMode.SHADOW:
             self._forwarded += 1
             return GateStep((item,), opened=opened, closed=closed, would_drop=not forward)
         self._forwarded += len(forward)

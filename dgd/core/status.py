@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dgd.core.gate import GateMode
+
 
 def duration_text(seconds: float) -> str:
     """``42 s`` or, from two minutes on, ``15.2 min`` (for STATUS=, read by people)."""
@@ -25,7 +27,7 @@ class StatusBoard:
     device_ok: bool = False
     link: str = "connecting"
     gate_open: bool = False
-    gate_mode: str = "energy"
+    gate_mode: GateMode = GateMode.ENERGY
     gist: str = ""  # the counters in a few words, refreshed with every stats record
 
     def render(self) -> str:
@@ -34,7 +36,7 @@ class StatusBoard:
             state = self.device
         elif self.link != "streaming":
             state = self.link
-        elif self.gate_mode == "energy" and not self.gate_open:
+        elif self.gate_mode is GateMode.ENERGY and not self.gate_open:
             state = "gated: silence"
         else:
             state = "streaming"

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from dgd.core.config import LogLevel
+
 log = logging.getLogger("dgd")
 
 #: A message repeated within this window is counted, not logged again.
@@ -167,7 +169,7 @@ def journal_available(environ: Mapping[str, str]) -> bool:
     return info.st_dev == device and info.st_ino == inode
 
 
-def setup(target: str, level: str, environ: Mapping[str, str]) -> str:
+def setup(target: str, level: LogLevel, environ: Mapping[str, str]) -> str:
     """Configure the root logger once.
 
     Args:
@@ -196,7 +198,7 @@ def setup(target: str, level: str, environ: Mapping[str, str]) -> str:
     return chosen
 
 
-def set_level(level: str) -> None:
+def set_level(level: LogLevel) -> None:
     """Apply ``log.level`` (also on reload). Library loggers stay at WARNING unless debugging."""
     numeric = getattr(logging, level.upper(), logging.INFO)
     logging.getLogger().setLevel(numeric)

@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, TextIO
 
+from dgd.core.config import AudioConfig, Config, DeepgramConfig, GateConfig, OutputConfig, dump
+from dgd.core.gate import GateMode
 from dgd.testing.fifomic import SAMPLE_WIDTH_BYTES, FifoMic, alsa_config_path, write_alsa_conf
 
 if TYPE_CHECKING:
@@ -163,31 +165,27 @@ def server_audio(record_dir: Path) -> bytes:
 def package_env(**extra: str) -> dict[str, str]:
     """This environment plus ``extra``, with dgd importable by a ``python -m dgd`` child."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the directory that holds dgd/
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
 
-def write_demo_config(path: Path, *, url: str, device: str, jsonl: Path) -> None:
+def demo_config(*, url: str, device: str, jsonl: Path) -> Config:
     """The daemon config of the demo: the fake server, the FIFO mic, a JSONL transcript file."""
-    path.write_text(
-        "# Written by `dgd demo`.\n"
-        "[deepgram]\n"
-        f"url = {json.dumps(url)}\n"
-        "[audio]\n"
-        f"device = {json.dumps(device)}\n"
-        "rate = 16000\nchannels = 1\nperiod_ms = 20\n"
-        "[gate]\n"
-        'mode = "energy"\n'
-        "threshold_dbfs = -50.0\n"  # the sample's pauses are digital silence
-        "[stream]\n"
-        "frame_ms = 100\n"
-        "[output]\n"
-        "journald = false\n"
-        f"jsonl = {json.dumps(str(jsonl))}\n",
-        encoding="utf-8",
+    return Config(
+        deepgram=DeepgramConfig(url=url),
+        audio=AudioConfig(device=device, rate=16000, channels=1, period_ms=20),
+        # The sample's pauses are digital silence: a fixed threshold gates them at once.
+        gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=-50.0),
+        output=OutputConfig(journald=False, jsonl=str(jsonl)),
     )
+
+
+def write_demo_config(path: Path, *, url: str, device: str, jsonl: Path) -> None:
+    """Write `demo_config` to ``path``."""
+    config = demo_config(url=url, device=device, jsonl=jsonl)
+    path.write_text("# Written by `dgd demo`.\n" + dump(config), encoding="utf-8")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

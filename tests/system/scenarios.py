@@ -19,13 +19,16 @@ The numbers are those of docs/SYSTEM_TESTS.md.
 16 kHz mono into an ALSA device and prints the wall-clock time of its first write (the
 moment the stream starts), so that capture times can be checked against it.
 
-Only the standard library and Debian's python3-alsaaudio (for the player) are used: this
-runs on the VM's own Python 3.13, not on the project's venv.
+Only the standard library, Debian's python3-alsaaudio (for the player) and the installed
+dgd's own config writer (``dgd.core.config``) are used: this runs on the VM's own Python 3.13,
+not on the project's venv.
 """
 
 from __future__ import annotations
 
 import array
+import glob
+import importlib.util
 import json
 import os
 import platform
@@ -80,25 +83,9 @@ HANGOVER_MS: Final = 1500
 STARTUP_GATE_S: Final = 3.0  # dgd.gate's STARTUP_MS (1 s) + the hangover, and some slack
 RELOADED_HANGOVER_MS: Final = 1200
 
-CONFIG_TEMPLATE: Final = """\
-# /etc/dgd.toml for the system tests (written by tests/system/scenarios.py)
-[deepgram]
-url = "ws://127.0.0.1:{port}/v1/listen"
-
-[audio]
-device = "{device}"
-
-[gate]
-hangover_ms = {hangover_ms}
-
-[stream]
-# The network is "down" at boot in scenario 5 (no fake server yet): keep retries frequent.
-backoff_max_s = 4.0
-
-[output]
-# A stats record (DGD_INVALID_BUFFERS, DGD_CAPTURED_S, ...) every 5 s.
-stats_interval_s = 5.0
-"""
+#: Where systemd/install.sh (``tests/system/run --from-source``) installs dgd; the .deb
+#: installs it on python3's own path.
+VENV_SITE_PACKAGES: Final = "/opt/dgd/lib/python3*/site-packages"
 
 UTTERANCES: Final = (
     "The quick brown fox jumps over the lazy dog.",
@@ -162,9 +149,30 @@ def dgd_binary() -> str:
 
 
 def write_config(hangover_ms: int = HANGOVER_MS) -> None:
-    CONFIG.write_text(
-        CONFIG_TEMPLATE.format(port=FAKE_PORT, device=CAPTURE_DEVICE, hangover_ms=hangover_ms)
+    """``/etc/dgd.toml`` for the scenarios, written by the installed dgd's own writer."""
+    if importlib.util.find_spec("dgd") is None:  # not the .deb's: install.sh's venv then
+        sys.path[:0] = sorted(glob.glob(VENV_SITE_PACKAGES))
+    from dgd.core.config import (
+        AudioConfig,
+        Config,
+        DeepgramConfig,
+        GateConfig,
+        OutputConfig,
+        StreamConfig,
+        dump,
     )
+
+    config = Config(
+        deepgram=DeepgramConfig(url=f"ws://127.0.0.1:{FAKE_PORT}/v1/listen"),
+        audio=AudioConfig(device=CAPTURE_DEVICE),
+        gate=GateConfig(hangover_ms=hangover_ms),
+        # The network is "down" at boot in scenario 5 (no fake server yet): keep retries frequent.
+        stream=StreamConfig(backoff_max_s=4.0),
+        # A stats record (DGD_INVALID_BUFFERS, DGD_CAPTURED_S, ...) every 5 s.
+        output=OutputConfig(stats_interval_s=5.0),
+    )
+    header = "# /etc/dgd.toml for the system tests (written by tests/system/scenarios.py)\n"
+    CONFIG.write_text(header + dump(config))
 
 
 def parse_time(value: str) -> float:
