@@ -99,7 +99,6 @@ class MemorySource:
                 now = trio.current_time()
                 output = spec.pipeline.feed(mic.read(read_bytes, fmt), WALL0 + now)
                 beat.last_period_at = now
-                beat.periods += 1
                 if output:
                     spec.deliver(output)
             tail = spec.pipeline.flush()

@@ -21,6 +21,7 @@ from typing import Any
 import alsaaudio
 import pytest
 
+from dgd.daemon.capture import DeviceProblem, classify_alsa_error
 from dgd.testing.fifomic import alsa_config_path, write_alsa_conf
 from tests.harness import (  # the fixtures are imported by name for pytest
     BYTES_PER_S,
@@ -401,20 +402,22 @@ def test_server_record_readers(tmp_path: Path) -> None:
     assert server_audio(tmp_path) == b"abcDEF"
 
 
-def test_write_daemon_config_is_valid_toml(tmp_path: Path) -> None:
-    import tomllib
+def test_write_daemon_config_writes_the_config_it_returns(tmp_path: Path) -> None:
+    from dgd.core.config import Config, loads
 
     path = tmp_path / "dgd.toml"
-    write_daemon_config(
+    written = write_daemon_config(
         path, url="ws://127.0.0.1:1/v1/listen", device="dgdtest", jsonl=tmp_path / "t.jsonl"
     )
-    assert tomllib.loads(path.read_text()) == {
-        "deepgram": {"url": "ws://127.0.0.1:1/v1/listen"},
-        "audio": {"device": "dgdtest", "rate": 16000, "channels": 1, "period_ms": 20},
-        "gate": {"mode": "energy", "threshold_dbfs": -50.0},
-        "stream": {"frame_ms": 100},
-        "output": {"journald": True, "jsonl": str(tmp_path / "t.jsonl")},
-    }
+    assert loads(path.read_text()) == written
+    defaults = Config()
+    assert (written.deepgram.url, written.audio.device, written.output.jsonl) == (
+        "ws://127.0.0.1:1/v1/listen",
+        "dgdtest",
+        str(tmp_path / "t.jsonl"),
+    )
+    assert written.gate.threshold_dbfs == -50.0
+    assert written.stream == defaults.stream
 
 
 # ---- processes: NOTIFY_SOCKET, DaemonProcess, journald -------------------------------------
@@ -547,3 +550,20 @@ async def test_fake_server_records_what_the_client_sent(tmp_path: Path) -> None:
     assert [json.loads(t)["type"] for t in texts] == ["KeepAlive", "CloseStream"]
     assert server.received_audio() == b"\x01\x02\x03\x04"
     assert {r["conn"] for r in records} == {1}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("No such file or directory [hw:CARD=Mic]", DeviceProblem.MISSING),
+        ("Unknown PCM nosuch", DeviceProblem.MISSING),
+        ("Device or resource busy [hw:0]", DeviceProblem.BUSY),
+        ("Permission denied [hw:0]", DeviceProblem.PERMISSION),
+        ("No such device [hw:1]", DeviceProblem.UNPLUGGED),
+        ("Input/output error [hw:1]", DeviceProblem.UNPLUGGED),
+        ("Invalid argument [hw:1]", DeviceProblem.OTHER),
+    ],
+)
+def test_alsa_errors_are_classified_for_the_operator(text: str, problem: DeviceProblem) -> None:
+    error = classify_alsa_error("hw:1", alsaaudio.ALSAAudioError(text))
+    assert (error.problem, error.detail) == (problem, text)

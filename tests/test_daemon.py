@@ -7,20 +7,36 @@ the subprocess tests through real ALSA, journald and sd_notify prove the real pa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
 
-from dgd.core.config import ApiKey, AudioConfig, Config, GateConfig, StreamConfig
+from dgd.core.config import (
+    ApiKey,
+    AudioConfig,
+    Config,
+    GateConfig,
+    LogConfig,
+    LogLevel,
+    OutputConfig,
+    StreamConfig,
+)
 from dgd.core.pcm import PcmFormat
 from dgd.daemon.app import Daemon
+from dgd.daemon.logsetup import set_level
 from dgd.daemon.sdnotify import Notifier
 from dgd.daemon.sinks import TranscriptSinks
 from tests.memory_audio import WALL0, MemoryMic, tone
 from tests.memory_ws import Attempt, MemoryConnector, MemoryWebSocket, metadata, results
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 FMT = PcmFormat(16000, 1, 20)
 CONFIG = Config(gate=GateConfig(threshold_dbfs=-40.0, preroll_ms=200, hangover_ms=1000))
@@ -64,7 +80,11 @@ class Rig:
         return [(e["MESSAGE"], e["DGD_START"], e["DGD_END"]) for e in self.journal]
 
 
-def make_rig(config: Config = CONFIG, attempts: list[Attempt] | None = None) -> Rig:
+def make_rig(
+    config: Config = CONFIG,
+    attempts: list[Attempt] | None = None,
+    signals_before_start: list[int] | None = None,
+) -> Rig:
     sockets = [MemoryWebSocket() for _ in range(4)]
     connector = MemoryConnector(attempts or [Attempt(ws=ws) for ws in sockets])
     mic = MemoryMic()
@@ -89,6 +109,7 @@ def make_rig(config: Config = CONFIG, attempts: list[Attempt] | None = None) -> 
         open_source=mic.open,
         connect=connector,
         clock=trio.current_time,
+        signals_before_start=signals_before_start,
     )
     return Rig(daemon, mic, connector, sockets, notifier, journal, file, reloads)
 
@@ -191,6 +212,10 @@ async def test_a_lost_device_is_waited_for_with_the_watchdog_fed_and_reopened(
     )
 
 
+#: Audio captured in the rate-change test: from start-up to the end, but for the reopen.
+CAPTURED_S = 1.0 + 0.3 + 0.5 + 1.0 + 5.0
+
+
 async def test_a_new_rate_reopens_capture_and_gets_its_own_stream(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -218,6 +243,8 @@ async def test_a_new_rate_reopens_capture_and_gets_its_own_stream(
     # square-wave samples in 8 kHz frames is 16000 bytes a second.
     assert sent_seconds(second, PcmFormat(8000, 1, 20)) == pytest.approx(2.2, abs=0.11)
     assert all(len(b) % FMT.period_bytes == 0 for b in first.binaries())
+    # The stats count the audio of both formats (a new pipeline does not reset them).
+    assert rig.daemon.statistics().captured_s == pytest.approx(CAPTURED_S, abs=0.1)
 
 
 async def test_reloads_coalesce_and_end_on_the_newest_file(
@@ -278,3 +305,64 @@ async def test_a_rate_change_while_capture_reopens_still_gets_its_own_stream(
     assert rig.mic.formats[-1] == PcmFormat(8000, 1, 20)
     assert rig.daemon.mic.pipeline.fmt == PcmFormat(8000, 1, 20)
     assert not any("stuck" in " ".join(fields) for _, fields in rig.notifier.sent)
+
+
+async def test_output_journald_switched_on_by_reload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = make_rig(config=dataclasses.replace(CONFIG, output=OutputConfig(journald=False)))
+    ws = rig.sockets[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.daemon.run)
+        await trio.sleep(1.0)
+        rig.mic.play(tone(FMT, 1.0))
+        await trio.sleep(3.0)
+        ws.push(results(0.2, 0.5, "before the reload"))
+        await trio.sleep(0.5)
+        rig.write(dataclasses.replace(CONFIG, output=OutputConfig(journald=True)))
+        rig.daemon.request_reload()
+        await trio.sleep(0.5)
+        ws.push(results(0.7, 0.5, "after the reload"))
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert [t[0] for t in rig.transcripts()] == ["after the reload"]
+
+
+@pytest.fixture
+def restore_log_level() -> Iterator[None]:
+    before = logging.getLogger("dgd").level, logging.getLogger().level
+    yield
+    logging.getLogger("dgd").setLevel(before[0])
+    logging.getLogger().setLevel(before[1])
+
+
+async def test_log_level_applies_on_reload(
+    autojump_clock: trio.testing.MockClock, restore_log_level: None
+) -> None:
+    set_level(LogConfig().level)
+    rig = make_rig()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.daemon.run)
+        await trio.sleep(1.0)
+        assert logging.getLogger("dgd").level == logging.INFO
+        rig.write(dataclasses.replace(CONFIG, log=LogConfig(level=LogLevel.DEBUG)))
+        rig.daemon.request_reload()
+        await trio.sleep(0.5)
+        assert logging.getLogger("dgd").level == logging.DEBUG
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sighup_before_ready_is_carried_out_once_ready(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    rig = make_rig(signals_before_start=[signal.SIGHUP])
+    rig.write(dataclasses.replace(CONFIG, audio=AudioConfig(device="hw:B")))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.daemon.run)
+        await trio.sleep(2.0)
+        nursery.cancel_scope.cancel()
+    assert len(rig.reloads) == 1
+    ready, reloading = rig.notifier.times("READY=1"), rig.notifier.times("RELOADING=1")
+    assert len(reloading) == 1
+    assert ready[0] <= reloading[0] < ready[1]
+    assert rig.mic.openings == [CONFIG.audio.device, "hw:B"]

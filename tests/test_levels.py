@@ -21,14 +21,14 @@ import alsaaudio
 import pytest
 
 from dgd.core.pcm import SILENCE_DBFS, PcmFormat
-from dgd.tools.levels import (
+from dgd.daemon.capture import DeviceError, classify_alsa_error
+from dgd.tools.levels import Meter, _Reader
+from dgd.tools.levelstats import (
     LevelStats,
     LevelSummary,
-    Meter,
     PeakHold,
     PeriodLevel,
     Suggestion,
-    _Reader,
     advice,
     percentile,
     render_meter,
@@ -605,3 +605,48 @@ def test_levels_reader_hands_over_whole_periods_from_partial_reads() -> None:
     # After it: two reads of one period each.
     assert got[2:] == [stream[1920:2560], stream[1920:2560]]
     assert pcm.closed
+
+
+def test_levels_reader_reads_real_alsa_with_the_daemons_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through real alsa-lib, the reader is the daemon's read loop (`read_stream`).
+
+    A ``type file`` PCM opened with reads of 1.5 periods (960 B, as a kernel device returns
+    partial periods) reads known bytes; its output file is /dev/full, so once alsa-lib flushes
+    what it read (after four reads), the read fails with EIO. The reader hands over whole
+    640-B periods, in order, joined across reads, and then the error as the daemon classifies
+    it (levels' own loop called every ALSA error "unplugged").
+    """
+    stream = random.Random(7).randbytes(64000)  # 100 periods, no two alike
+    (tmp_path / "in.raw").write_bytes(stream)
+    conf = tmp_path / "alsa.conf"
+    conf.write_text(
+        f'pcm.fullout {{ type file; slave.pcm "null"; file "/dev/full"; '
+        f'infile "{tmp_path / "in.raw"}"; format "raw" }}\n'
+    )
+    monkeypatch.setenv("ALSA_CONFIG_PATH", f"/usr/share/alsa/alsa.conf:{conf}")
+    pcm = alsaaudio.PCM(
+        type=alsaaudio.PCM_CAPTURE,
+        mode=alsaaudio.PCM_NONBLOCK,
+        device="fullout",
+        rate=RATE_HZ,
+        channels=1,
+        format=alsaaudio.PCM_FORMAT_S16_LE,
+        periodsize=PERIOD_SAMPLES * 3 // 2,
+        periods=4,
+    )
+    reader = _Reader(pcm, "fullout", FMT)
+    items: list[bytes | DeviceError] = []
+    try:
+        while not items or not isinstance(items[-1], DeviceError):
+            items.append(reader.items.get(timeout=5))
+    finally:
+        reader.stop()
+    *periods, error = items
+    assert len(periods) >= 3  # at least two reads of 1.5 periods, joined
+    assert periods == [stream[i * 640 : (i + 1) * 640] for i in range(len(periods))]
+    assert isinstance(error, DeviceError)
+    assert error.detail == "Input/output error [fullout]"
+    daemon = classify_alsa_error("fullout", alsaaudio.ALSAAudioError(error.detail))
+    assert (error.problem, str(error)) == (daemon.problem, str(daemon))

@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from dgd.core.events import AudioFrame, FinalizeMarker, FormatChange, OutboxItem
-from dgd.core.outbox import Dropped, Outbox
+from dgd.core.outbox import Dropped, Outbox, OutboxStatistics
 from dgd.core.pcm import PcmFormat
 
 FMT = PcmFormat(rate_hz=8000, channels=1, period_ms=125)
@@ -56,7 +56,7 @@ def test_empty_outbox() -> None:
     assert not outbox.has_pending
     assert outbox.peek() is None
     assert sizes(outbox) == (0.0, 0.0, 0.0)
-    assert (outbox.dropped_s, outbox.replayed_s, outbox.released_unconfirmed_s) == (0.0, 0.0, 0.0)
+    assert outbox.statistics() == OutboxStatistics(0.0, 0.0, 0.0)
     with pytest.raises(IndexError):
         outbox.take(0.0)
 
@@ -91,7 +91,7 @@ def test_put_take_confirm_sequence() -> None:
     assert outbox.take(1.5) is C
     outbox.confirm(1.5 - 5e-7)  # within the 1 µs tolerance of C's end
     assert sizes(outbox) == (0.0, 0.0, 0.0)
-    assert (outbox.dropped_s, outbox.replayed_s, outbox.released_unconfirmed_s) == (0.0, 0.0, 0.0)
+    assert outbox.statistics() == OutboxStatistics(0.0, 0.0, 0.0)
 
 
 def test_confirm_short_of_tolerance_keeps_the_frame() -> None:
@@ -179,17 +179,17 @@ def test_bound_releases_in_flight_first_then_drops_pending() -> None:
     # 1.5 s held: the oldest in-flight frame goes, and is not counted as lost.
     assert outbox.put(C) is None
     assert sizes(outbox) == (1.0, 0.5, 0.5)
-    assert outbox.released_unconfirmed_s == 0.5
-    assert outbox.dropped_s == 0.0
+    assert outbox.statistics().released_unconfirmed_s == 0.5
+    assert outbox.statistics().dropped_s == 0.0
 
     assert outbox.put(D) is None
     assert sizes(outbox) == (1.0, 1.0, 0.0)
-    assert outbox.released_unconfirmed_s == 1.0
+    assert outbox.statistics().released_unconfirmed_s == 1.0
 
     # Nothing in flight any more: pending audio is dropped, oldest first, and reported.
     assert outbox.put(E) == Dropped(0.5, C.start_s)
     assert sizes(outbox) == (1.0, 1.0, 0.0)
-    assert outbox.dropped_s == 0.5
+    assert outbox.statistics().dropped_s == 0.5
     assert drain(outbox) == [D, E]
 
 
@@ -201,7 +201,7 @@ def test_bound_drops_several_frames_at_once() -> None:
     big = frame(21.0, 0.75)
     assert outbox.put(big) == Dropped(0.75, small[0].start_s)
     assert drain(outbox) == [small[3], big]
-    assert outbox.dropped_s == 0.75
+    assert outbox.statistics().dropped_s == 0.75
 
 
 def test_bound_drops_a_frame_larger_than_the_bound_itself() -> None:
@@ -228,9 +228,9 @@ def test_bound_releases_in_flight_markers_without_counting_them() -> None:
         outbox.put(item)
         outbox.take(end)
     outbox.put(C)  # releases A
-    assert outbox.released_unconfirmed_s == 0.5
+    assert outbox.statistics().released_unconfirmed_s == 0.5
     outbox.put(D)  # releases F1 (no audio), then B
-    assert outbox.released_unconfirmed_s == 1.0
+    assert outbox.statistics().released_unconfirmed_s == 1.0
     assert sizes(outbox) == (1.0, 1.0, 0.0)
 
 
@@ -265,7 +265,7 @@ def test_rewind_without_confirmation_replays_everything_in_order() -> None:
     assert send_all(outbox) == 1.0
     outbox.put(C)  # captured while the connection was dying: behind the replay
     assert outbox.rewind() == 1.0
-    assert outbox.replayed_s == 1.0
+    assert outbox.statistics().replayed_s == 1.0
     assert sizes(outbox) == (1.5, 1.5, 0.0)
     assert drain(outbox) == [A, F1, B, C]
 
@@ -354,7 +354,7 @@ def test_replayed_s_accumulates_and_confirmed_offset_restarts() -> None:
     # The next connection starts at offset 0 and confirms nothing before it drops.
     send_all(outbox)
     assert outbox.rewind() == 0.75  # the old confirmed offset does not trim again
-    assert outbox.replayed_s == 1.5
+    assert outbox.statistics().replayed_s == 1.5
     assert drain(outbox) == [AudioFrame(A.data[4000:], 10.25, 0.25), B]
 
 
@@ -362,7 +362,7 @@ def test_rewind_with_nothing_in_flight() -> None:
     outbox = Outbox(FMT, 10.0)
     outbox.put(A)
     assert outbox.rewind() == 0.0
-    assert outbox.replayed_s == 0.0
+    assert outbox.statistics().replayed_s == 0.0
     assert drain(outbox) == [A]
 
 
@@ -411,4 +411,4 @@ def test_the_replay_bound_never_drops_a_format_change() -> None:
         outbox.put(AudioFrame(b"\x02" * 1600, 0.1 + k * 0.1, 0.1))
     assert isinstance(outbox.peek(), FormatChange)
     assert outbox.held_s == pytest.approx(0.2)
-    assert outbox.dropped_s == pytest.approx(0.2)
+    assert outbox.statistics().dropped_s == pytest.approx(0.2)

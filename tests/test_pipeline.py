@@ -26,14 +26,14 @@ from dgd.core.events import (
     PipelineOutput,
     SignalReturned,
 )
-from dgd.core.gate import Gate
+from dgd.core.gate import Gate, GateMode
 from dgd.core.pcm import PcmFormat, level_dbfs
 from dgd.core.pipeline import (
     CLOCK_REANCHOR_S,
     DIGITAL_SILENCE_REPORT_S,
     CaptureClock,
     CapturePipeline,
-    PipelineCounters,
+    CaptureStatistics,
 )
 from dgd.core.timemap import TimeMap
 
@@ -72,7 +72,7 @@ def make_pipeline(
     fmt: PcmFormat = FMT,
 ) -> CapturePipeline:
     gate: Gate[object] = Gate(
-        mode=mode,
+        mode=GateMode(mode),
         threshold_dbfs=THRESHOLD_DBFS,
         preroll_ms=preroll_ms,
         hangover_ms=hangover_ms,
@@ -229,8 +229,9 @@ def test_partial_reads_are_assembled_into_the_same_stream(sizes: list[int]) -> N
     assert b"".join(f.data for f in frames) == stream
     assert [o for o in out if not isinstance(o, AudioFrame)] == []
     assert all(len(f.data) % FMT16.period_bytes == 0 for f in frames)
-    assert pipeline.counters.invalid_buffers == 0
-    assert pipeline.counters.periods_captured == len(stream) // FMT16.period_bytes
+    assert pipeline.statistics() == CaptureStatistics(
+        captured_s=(len(stream) // FMT16.period_bytes) * (FMT16.period_ms / 1000)
+    )
     position_s = 0.0
     for frame in frames:
         assert frame.start_s == pytest.approx(T0 + position_s, abs=1e-6)
@@ -251,7 +252,7 @@ def test_a_partial_period_waits_for_its_rest() -> None:
     pipeline = make_pipeline("off", frame_ms=125)
     first, rest = loud(0)[:500], loud(0)[500:]
     assert pipeline.feed(first, start(0) + 0.03125) == []
-    assert pipeline.counters.periods_captured == 0
+    assert pipeline.statistics().captured_s == 0.0
     assert pipeline.feed(rest, start(0) + P) == [AudioFrame(loud(0), start(0), P)]
 
 
@@ -266,7 +267,7 @@ def test_flush_sends_the_partial_period() -> None:
 def test_empty_read_is_nothing() -> None:
     pipeline = make_pipeline("off", frame_ms=125)
     assert pipeline.feed(b"", 2000.5) == []
-    assert pipeline.counters == PipelineCounters()
+    assert pipeline.statistics() == CaptureStatistics()
 
 
 @pytest.mark.parametrize(
@@ -285,7 +286,7 @@ def test_bytes_that_are_not_sample_frames_are_invalid(data: bytes, mode: str) ->
     assert pipeline.feed(loud(0)[:600], 2000.0) == []
     out = pipeline.feed(data, 2000.5)
     assert out == [InvalidBuffer(2000.5, len(data), 2)]
-    assert pipeline.counters == PipelineCounters(invalid_buffers=1)
+    assert pipeline.statistics() == CaptureStatistics(invalid_buffers=1)
     assert pipeline.flush() == []
     assert pipeline.gate.statistics().periods_in == 0
 
@@ -311,9 +312,7 @@ def test_invalid_buffer_between_valid_periods_resets_the_clock() -> None:
         [InvalidBuffer(start(1) + P, 7, 2)],
         [AudioFrame(loud(2), start(2) + 0.0625, P)],
     ]
-    assert pipeline.counters.invalid_buffers == 1
-    assert pipeline.counters.periods_captured == 2
-    assert pipeline.counters.frames == 2
+    assert pipeline.statistics() == CaptureStatistics(captured_s=2 * P, invalid_buffers=1)
 
 
 def test_overrun_drops_the_partial_period_and_reanchors() -> None:
@@ -342,7 +341,6 @@ def test_frames_are_whole_periods_of_frame_ms(frame_ms: int, periods_per_frame: 
     assert frames == [
         AudioFrame(b"".join(periods[i : i + n]), start(i), n * P) for i in range(0, 8, n)
     ]
-    assert pipeline.counters.frames == 8 // n
 
 
 def test_flush_returns_the_partial_frame_and_resets_the_clock() -> None:
@@ -350,7 +348,6 @@ def test_flush_returns_the_partial_frame_and_resets_the_clock() -> None:
     assert flat(run(pipeline, [loud(0), loud(1), loud(2)])) == []
     assert pipeline.flush() == [AudioFrame(loud(0) + loud(1) + loud(2), start(0), 3 * P)]
     assert pipeline.flush() == []
-    assert pipeline.counters.frames == 1
     # After flush the clock re-anchors: 1/16 s of jitter is not absorbed.
     assert pipeline.feed(loud(3), start(3) + P + 0.0625) == []
     assert pipeline.flush() == [AudioFrame(loud(3), start(3) + 0.0625, P)]
@@ -445,16 +442,8 @@ def test_speech_burst_is_framed_flushed_and_finalized() -> None:
         ],
         [],
     ]
-    assert pipeline.counters == PipelineCounters(
-        periods_captured=10,
-        periods_forwarded=7,
-        periods_would_drop=0,
-        invalid_buffers=0,
-        frames=2,
-        finalizes=1,
-    )
     # Not sent: quiet 0 (fell out of the pre-roll ring), 8 (closed the gate) and 9.
-    assert pipeline.counters.periods_gated == 3
+    assert pipeline.statistics() == CaptureStatistics(captured_s=10 * P, gated_s=3 * P)
     assert pipeline.flush() == []
 
 
@@ -493,7 +482,6 @@ def test_two_bursts_give_two_finalizes() -> None:
         GateClosed(start(6)),
         FinalizeMarker(start(6)),
     ]
-    assert pipeline.counters.finalizes == 2
 
 
 def test_attack_of_two_periods_at_20_ms() -> None:
@@ -547,16 +535,10 @@ def test_shadow_mode_forwards_everything_without_finalize() -> None:
         [AudioFrame(quiet(4) + quiet(5) + quiet(6) + quiet(7), start(4), 4 * P)],
     ]
     assert not any(isinstance(i, FinalizeMarker) for i in flat(out))
-    assert pipeline.counters == PipelineCounters(
-        periods_captured=8,
-        periods_forwarded=8,
-        # Quiet 0 and 1 (held in the ring by the energy gate), 3 (closing) and 4..7 (closed).
-        periods_would_drop=7,
-        invalid_buffers=0,
-        frames=2,
-        finalizes=0,
-    )
-    assert pipeline.counters.periods_gated == 0
+    assert pipeline.statistics() == CaptureStatistics(captured_s=8 * P, gated_s=0.0)
+    # The energy gate would not have sent 3 (closing) and 4..7 (closed); quiet 0 and 1 would
+    # have gone out as pre-roll.
+    assert pipeline.gate.statistics().would_drop == 5
 
 
 def test_shadow_mode_flushes_the_closing_period_into_the_frame() -> None:
@@ -578,7 +560,7 @@ def test_off_mode_forwards_everything_and_never_reports_the_gate() -> None:
         AudioFrame(quiet(2) + quiet(3), start(2), 2 * P),
         AudioFrame(quiet(4) + loud(5), start(4), 2 * P),
     ]
-    assert pipeline.counters == PipelineCounters(periods_captured=6, periods_forwarded=6, frames=3)
+    assert pipeline.statistics() == CaptureStatistics(captured_s=6 * P)
 
 
 # --- digital silence ---------------------------------------------------------------------
@@ -632,10 +614,8 @@ def test_digital_silence_in_off_mode_is_still_sent() -> None:
 def test_gated_and_forwarded_periods_add_up_to_captured() -> None:
     pipeline = make_pipeline("energy", preroll_ms=250, hangover_ms=250, frame_ms=500)
     run(pipeline, [quiet(0), quiet(1), quiet(2), loud(3), loud(4), quiet(5), quiet(6), quiet(7)])
-    counters = pipeline.counters
-    assert counters.periods_forwarded == 6  # quiet 1, 2 (pre-roll), loud 3, 4, quiet 5, 6
-    assert counters.periods_gated == 2  # quiet 0 and quiet 7
-    assert counters.periods_gated == pipeline.gate.statistics().periods_gated
+    assert pipeline.gate.statistics().periods_forwarded == 6  # quiet 1, 2, loud 3, 4, quiet 5, 6
+    assert pipeline.statistics() == CaptureStatistics(captured_s=8 * P, gated_s=2 * P)  # 0 and 7
 
 
 def test_ten_minutes_of_epoch_time_frames_are_contiguous() -> None:
@@ -689,7 +669,7 @@ def test_a_read_of_several_periods_is_gated_period_by_period(mode: str, per_read
 
     assert audio(flat(outputs)) == audio(one_by_one)
     assert others(flat(outputs)) == others(one_by_one)
-    assert batched.counters.periods_captured == len(periods)
+    assert batched.gate.statistics().periods_in == len(periods)
 
 
 def test_frames_end_with_the_read_when_the_next_read_would_not_fit() -> None:

@@ -28,8 +28,8 @@ from dgd.core.session import (
     Marker,
     ReplayPacer,
     Session,
-    SessionCounters,
     SessionState,
+    SessionStatistics,
 )
 
 OPENED_AT = 100.0
@@ -97,7 +97,7 @@ def test_new_session() -> None:
     assert session.state is SessionState.OPEN
     assert session.request_id == ""
     assert session.metadata is None
-    assert session.counters == SessionCounters()
+    assert session.statistics() == SessionStatistics()
     assert session.timemap.segments == ()
     assert session.keepalive_due_at() == OPENED_AT + KEEPALIVE_S
 
@@ -109,7 +109,7 @@ def test_send_audio_returns_payload_and_advances_the_timemap() -> None:
     assert session.send_audio(FRAME_B, 101.0) == FRAME_B.data
     assert session.timemap.sent_s == 1.25
     assert session.timemap.segments == ((0.0, 1000.0, 0.5), (0.5, 2000.0, 0.75))
-    assert session.counters == SessionCounters(audio_messages=2, audio_bytes=8000 + 12000)
+    assert session.statistics() == SessionStatistics(sent_s=1.25)
     assert session.keepalive_due_at() == 105.0
 
 
@@ -125,7 +125,7 @@ def test_empty_frame_raises_and_changes_nothing() -> None:
     with pytest.raises(LocalProtocolError, match="empty binary frame"):
         session.send_audio(AudioFrame(b"", 1000.0, 0.0), 101.0)
     assert session.state is SessionState.OPEN
-    assert session.counters == SessionCounters()
+    assert session.statistics() == SessionStatistics()
     assert session.timemap.sent_s == 0.0
     assert session.keepalive_due_at() == OPENED_AT + KEEPALIVE_S
 
@@ -133,7 +133,7 @@ def test_empty_frame_raises_and_changes_nothing() -> None:
 def test_finalize_returns_the_text_frame() -> None:
     session = streaming_session()
     assert session.finalize(102.0) == FINALIZE_MESSAGE == '{"type":"Finalize"}'
-    assert session.counters.finalizes == 1
+    assert session.statistics().finalizes == 1
     assert session.keepalive_due_at() == 106.0
     assert session.state is SessionState.OPEN
 
@@ -142,11 +142,7 @@ def test_close_stream_then_every_send_raises_and_leaves_state_unchanged() -> Non
     session = streaming_session()
     assert session.close_stream(103.0) == CLOSESTREAM_MESSAGE == '{"type":"CloseStream"}'
     assert session.state is SessionState.CLOSING
-    before = (
-        SessionCounters(**{f: getattr(session.counters, f) for f in SessionCounters.__slots__}),
-        session.timemap.segments,
-        session.timemap.sent_s,
-    )
+    before = (session.statistics(), session.timemap.segments, session.timemap.sent_s)
     with pytest.raises(LocalProtocolError, match="cannot send audio: the stream is closing"):
         session.send_audio(FRAME_A, 104.0)
     with pytest.raises(LocalProtocolError, match="cannot send Finalize: the stream is closing"):
@@ -154,7 +150,7 @@ def test_close_stream_then_every_send_raises_and_leaves_state_unchanged() -> Non
     with pytest.raises(LocalProtocolError, match="cannot send CloseStream: the stream is closing"):
         session.close_stream(104.0)
     assert session.handle_timer(1e9) is None
-    after = (session.counters, session.timemap.segments, session.timemap.sent_s)
+    after = (session.statistics(), session.timemap.segments, session.timemap.sent_s)
     assert after == before
     assert session.state is SessionState.CLOSING
     assert session.keepalive_due_at() == math.inf
@@ -247,7 +243,7 @@ def test_keepalive_timing(
             session.finalize(now)
         elif action == "close":
             session.close_stream(now)
-    assert session.counters.keepalives == keepalives
+    assert session.statistics().keepalives == keepalives
 
 
 def test_keepalive_message_is_a_json_text_frame() -> None:
@@ -290,8 +286,8 @@ def test_final_result_gives_transcript_then_confirmed() -> None:
         Confirmed(1.0),
     ]
     assert session.request_id == "req-1"
-    assert session.counters.results == 1
-    assert session.counters.unrecognized == 0
+    assert session.statistics().results == 1
+    assert session.statistics().unrecognized == 0
 
 
 def test_transcript_ending_on_a_boundary_maps_to_the_earlier_segment() -> None:
@@ -335,7 +331,7 @@ def test_interim_result_gives_transcript_without_confirmed() -> None:
 def test_empty_transcript_gives_only_confirmed(is_final: bool, expected: list[object]) -> None:
     session = streaming_session()
     assert session.receive(results("", start=0.0, duration=1.25, is_final=is_final)) == expected
-    assert session.counters.results == 1
+    assert session.statistics().results == 1
 
 
 def test_result_extrapolates_beyond_what_was_sent() -> None:
@@ -365,7 +361,7 @@ def test_transcript_before_any_audio_is_unrecognized() -> None:
         Confirmed(0.5),
         Unrecognized("a transcript arrived before any audio was sent", ""),
     ]
-    assert session.counters == SessionCounters(results=1, unrecognized=1)
+    assert session.statistics() == SessionStatistics(results=1, unrecognized=1)
 
 
 def test_interim_before_any_audio_is_unrecognized_without_confirmed() -> None:
@@ -428,7 +424,7 @@ def test_metadata_does_not_override_a_known_request_id() -> None:
 def test_markers_map_to_wall_clock(payload: dict[str, Any], expected: list[Marker]) -> None:
     session = streaming_session()
     assert session.receive(json.dumps(payload)) == expected
-    assert session.counters.unrecognized == 0
+    assert session.statistics().unrecognized == 0
 
 
 def test_utterance_end_on_a_boundary_is_the_end_of_the_earlier_segment() -> None:
@@ -449,7 +445,7 @@ def test_utterance_end_on_a_boundary_is_the_end_of_the_earlier_segment() -> None
 def test_markers_before_any_audio_are_ignored(payload: dict[str, Any]) -> None:
     session = new_session()
     assert session.receive(json.dumps(payload)) == []
-    assert session.counters == SessionCounters()
+    assert session.statistics() == SessionStatistics()
 
 
 MALFORMED = [
@@ -481,8 +477,8 @@ def test_malformed_messages_are_unrecognized_and_counted(
         assert event.excerpt == payload
     else:
         assert event.reason.startswith("binary message of 2 bytes is not UTF-8 text")
-    assert session.counters.unrecognized == 1
-    assert session.counters.results == 0
+    assert session.statistics().unrecognized == 1
+    assert session.statistics().results == 0
     # The session is unharmed.
     assert session.state is SessionState.OPEN
     assert session.send_audio(FRAME_A, 102.0) == FRAME_A.data

@@ -13,8 +13,8 @@ import trio.testing
 
 from dgd.core.backoff import RetryPolicy, Verdict, classify_rejection
 from dgd.core.config import Config
+from dgd.core.connection import parse_rejection
 from dgd.core.events import AudioFrame, FormatChange
-from dgd.core.messages import parse_rejection
 from dgd.core.outbox import Outbox
 from dgd.core.pcm import PcmFormat
 from dgd.daemon.link import LinkContext, OutboxFeed
@@ -150,7 +150,7 @@ async def test_audio_survives_a_dropped_connection(autojump_clock: trio.testing.
         nursery.cancel_scope.cancel()
     assert first.binaries() == [f.data for f in frames[:2]]
     assert second.binaries() == [f.data for f in frames]
-    assert supervisor.counters.reconnects_by_cause == {"closed-1011": 1, "network": 1}
+    assert supervisor.statistics().reconnects_by_cause == {"closed-1011": 1, "network": 1}
 
 
 async def test_stop_finishes_the_stream_and_returns(autojump_clock: trio.testing.MockClock) -> None:

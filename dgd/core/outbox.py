@@ -37,6 +37,22 @@ class _InFlight:
     end_offset_s: float  # connection offset just after this item's audio (markers: as sent)
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxStatistics:
+    """What the replay buffer did since it was created.
+
+    Attributes:
+        dropped_s: audio dropped unsent because the buffer was full.
+        released_unconfirmed_s: audio sent but never confirmed by a final result, released to
+            make room (it cannot be replayed any more if the connection fails).
+        replayed_s: audio sent again after a failed connection.
+    """
+
+    dropped_s: float
+    released_unconfirmed_s: float
+    replayed_s: float
+
+
 class Outbox:
     """Ordered items to send, plus the unconfirmed tail of what was sent on this connection.
 
@@ -52,10 +68,18 @@ class Outbox:
         self._pending: deque[OutboxItem] = deque()
         self._in_flight: deque[_InFlight] = deque()
         self._held_s = 0.0
-        self.dropped_s = 0.0
-        self.replayed_s = 0.0
-        self.released_unconfirmed_s = 0.0
+        self._dropped_s = 0.0
+        self._replayed_s = 0.0
+        self._released_unconfirmed_s = 0.0
         self._confirmed_offset_s = 0.0
+
+    def statistics(self) -> OutboxStatistics:
+        """What was dropped, released unconfirmed and replayed so far."""
+        return OutboxStatistics(
+            dropped_s=self._dropped_s,
+            released_unconfirmed_s=self._released_unconfirmed_s,
+            replayed_s=self._replayed_s,
+        )
 
     # -- producer side -------------------------------------------------------------------
 
@@ -84,7 +108,7 @@ class Outbox:
             released = self._in_flight.popleft().item
             if isinstance(released, AudioFrame):
                 self._held_s -= released.duration_s
-                self.released_unconfirmed_s += released.duration_s
+                self._released_unconfirmed_s += released.duration_s
         dropped_s = 0.0
         oldest_s: float | None = None
         formats: list[FormatChange] = []  # never dropped: they say what the audio after is
@@ -99,7 +123,7 @@ class Outbox:
         self._pending.extendleft(reversed(formats))
         if oldest_s is None:
             return None
-        self.dropped_s += dropped_s
+        self._dropped_s += dropped_s
         return Dropped(dropped_s, oldest_s)
 
     # -- sender side ---------------------------------------------------------------------
@@ -178,7 +202,7 @@ class Outbox:
         self._pending.extendleft(reversed(replay))
         self._held_s = sum(i.duration_s for i in self._pending if isinstance(i, AudioFrame))
         self._confirmed_offset_s = 0.0
-        self.replayed_s += replayed_s
+        self._replayed_s += replayed_s
         return replayed_s
 
     def _trim_front(self, frame: AudioFrame, skip_s: float) -> AudioFrame | None:

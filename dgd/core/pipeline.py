@@ -29,7 +29,7 @@ from dgd.core.events import (
     PipelineOutput,
     SignalReturned,
 )
-from dgd.core.gate import Gate
+from dgd.core.gate import Gate, GateMode
 from dgd.core.pcm import PcmFormat, is_digital_silence, level_dbfs
 from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S
 
@@ -81,21 +81,29 @@ class CaptureClock:
         self._anchor_s = None
 
 
-@dataclass(slots=True)
-class PipelineCounters:
-    """Running totals, in periods, bytes and events (read by the stats task)."""
+@dataclass(frozen=True, slots=True)
+class CaptureStatistics:
+    """Audio captured so far, by one pipeline or several added with ``+``.
 
-    periods_captured: int = 0
-    periods_forwarded: int = 0
-    periods_would_drop: int = 0
+    Attributes:
+        captured_s: seconds of audio gated (every whole period, and a last partial one).
+        gated_s: of those, seconds not sent (pre-roll that was sent on opening is sent).
+        invalid_buffers: reads that were not whole sample frames (never sent).
+        overruns: times the kernel lost audio before a read.
+    """
+
+    captured_s: float = 0.0
+    gated_s: float = 0.0
     invalid_buffers: int = 0
-    frames: int = 0
-    finalizes: int = 0
+    overruns: int = 0
 
-    @property
-    def periods_gated(self) -> int:
-        """Periods not sent (pre-roll that was sent on opening counts as forwarded)."""
-        return max(0, self.periods_captured - self.periods_forwarded)
+    def __add__(self, other: CaptureStatistics) -> CaptureStatistics:
+        return CaptureStatistics(
+            captured_s=self.captured_s + other.captured_s,
+            gated_s=self.gated_s + other.gated_s,
+            invalid_buffers=self.invalid_buffers + other.invalid_buffers,
+            overruns=self.overruns + other.overruns,
+        )
 
 
 class CapturePipeline:
@@ -110,7 +118,8 @@ class CapturePipeline:
     def __init__(self, fmt: PcmFormat, gate: Gate[Period], frame_ms: int) -> None:
         self.fmt = fmt
         self.gate = gate
-        self.counters = PipelineCounters()
+        self._invalid_buffers = 0
+        self._overruns = 0
         #: Send Finalize when the gate closes; False in shadow mode, where nothing is gated.
         self.finalize_on_close = True
         self._clock = CaptureClock(fmt.period_ms / 1000)
@@ -123,6 +132,17 @@ class CapturePipeline:
         self._partial_start_s = 0.0
         self._zeros_since_s: float | None = None
         self._zeros_reported = False
+
+    def statistics(self) -> CaptureStatistics:
+        """What this pipeline has captured (the gate counts the periods)."""
+        gate = self.gate.statistics()
+        period_s = self.fmt.period_ms / 1000
+        return CaptureStatistics(
+            captured_s=gate.periods_in * period_s,
+            gated_s=gate.periods_gated * period_s,
+            invalid_buffers=self._invalid_buffers,
+            overruns=self._overruns,
+        )
 
     def set_frame_ms(self, frame_ms: int) -> None:
         """Change the frame size (config reload); takes effect with the next frame."""
@@ -144,7 +164,7 @@ class CapturePipeline:
         if len(data) % self.fmt.frame_bytes:
             # Not sample frames: the stream's alignment is lost, so the partial period before
             # it cannot be trusted either. Never sent; the clock starts afresh.
-            self.counters.invalid_buffers += 1
+            self._invalid_buffers += 1
             out.append(InvalidBuffer(read_done_s, len(data), self.fmt.frame_bytes))
             self._partial = b""
             self._clock.reset()
@@ -177,6 +197,7 @@ class CapturePipeline:
     def overrun(self, at_s: float) -> list[PipelineOutput]:
         """The kernel lost audio (ALSA ``-EPIPE``) before this read: the partial period cannot
         be completed by what follows, so it is dropped, and the clock re-anchors."""
+        self._overruns += 1
         dropped = len(self._partial)
         self._partial = b""
         self._clock.reset()
@@ -184,16 +205,12 @@ class CapturePipeline:
 
     def _feed_period(self, period: Period, out: list[PipelineOutput]) -> None:
         data, start_s = period.data, period.start_s
-        self.counters.periods_captured += 1
         self._track_digital_silence(period, out)
         level = level_dbfs(data)
         step = self.gate.feed(period, level)
-        if step.would_drop:
-            self.counters.periods_would_drop += 1
         if step.opened:
             out.append(GateOpened(step.forward[0].start_s, level, self.gate.threshold_dbfs))
         if step.forward:
-            self.counters.periods_forwarded += len(step.forward)
             for forwarded in step.forward:
                 self._append(forwarded, out)
         if step.closed:
@@ -201,7 +218,6 @@ class CapturePipeline:
             end_s = start_s + self.fmt.seconds(len(data))
             out.append(GateClosed(end_s))
             if self.finalize_on_close:
-                self.counters.finalizes += 1
                 out.append(FinalizeMarker(end_s))
 
     def flush(self) -> list[PipelineOutput]:
@@ -234,7 +250,6 @@ class CapturePipeline:
             return
         data = b"".join(p.data for p in self._pending)
         out.append(AudioFrame(data, self._pending[0].start_s, self.fmt.seconds(len(data))))
-        self.counters.frames += 1
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -263,7 +278,7 @@ def make_pipeline(config: Config) -> CapturePipeline:
     pipeline = CapturePipeline(
         pcm_format(config), make_gate(config, config.audio.period_ms), config.stream.frame_ms
     )
-    pipeline.finalize_on_close = config.gate.mode != "shadow"
+    pipeline.finalize_on_close = config.gate.mode is not GateMode.SHADOW
     return pipeline
 
 

@@ -16,19 +16,17 @@ from dataclasses import dataclass
 from typing import Final
 
 from dgd.core.backoff import Failure, classify_close, network_failure
+from dgd.core.connection import ABNORMAL_CLOSURE, NORMAL_CLOSURE, parse_close
 from dgd.core.events import AudioFrame, TimedWord, Transcript
 from dgd.core.messages import (
-    ABNORMAL_CLOSURE,
     CLOSESTREAM_MESSAGE,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
-    NORMAL_CLOSURE,
     Metadata,
     SpeechStarted,
     TranscriptResult,
     Unrecognized,
     UtteranceEnd,
-    parse_close,
     parse_server_message,
 )
 from dgd.core.timemap import TimeMap
@@ -64,16 +62,33 @@ class Marker:
 SessionEvent = Transcript | Confirmed | Marker | Metadata | Unrecognized
 
 
-@dataclass(slots=True)
-class SessionCounters:
-    """What this session sent and received."""
+@dataclass(frozen=True, slots=True)
+class SessionStatistics:
+    """What one stream, or several added with ``+``, sent and received.
 
-    audio_messages: int = 0
-    audio_bytes: int = 0
+    Attributes:
+        sent_s: seconds of audio sent.
+        keepalives: ``KeepAlive`` messages sent.
+        finalizes: ``Finalize`` messages sent.
+        results: ``Results`` messages received (interim and final).
+        unrecognized: server messages that were ignored (malformed, unknown, or a transcript
+            before any audio).
+    """
+
+    sent_s: float = 0.0
     keepalives: int = 0
     finalizes: int = 0
     results: int = 0
     unrecognized: int = 0
+
+    def __add__(self, other: SessionStatistics) -> SessionStatistics:
+        return SessionStatistics(
+            sent_s=self.sent_s + other.sent_s,
+            keepalives=self.keepalives + other.keepalives,
+            finalizes=self.finalizes + other.finalizes,
+            results=self.results + other.results,
+            unrecognized=self.unrecognized + other.unrecognized,
+        )
 
 
 class Session:
@@ -88,7 +103,10 @@ class Session:
     def __init__(self, *, keepalive_interval_s: float, now: float) -> None:
         self.state = SessionState.OPEN
         self.timemap = TimeMap()
-        self.counters = SessionCounters()
+        self._keepalives = 0
+        self._finalizes = 0
+        self._results = 0
+        self._unrecognized = 0
         self.request_id = ""
         self.metadata: Metadata | None = None
         self._metadata_after_close = False
@@ -109,15 +127,13 @@ class Session:
             )
         self._require_open("audio")
         self.timemap.append(frame.start_s, frame.duration_s)
-        self.counters.audio_messages += 1
-        self.counters.audio_bytes += len(frame.data)
         self._last_sent_at = now
         return frame.data
 
     def finalize(self, now: float) -> str:
         """Return the ``Finalize`` text frame: flush what Deepgram holds into final results."""
         self._require_open("Finalize")
-        self.counters.finalizes += 1
+        self._finalizes += 1
         self._last_sent_at = now
         return FINALIZE_MESSAGE
 
@@ -138,9 +154,19 @@ class Session:
         """Return the ``KeepAlive`` text frame if it is due at ``now``, else None."""
         if now < self.keepalive_due_at():
             return None
-        self.counters.keepalives += 1
+        self._keepalives += 1
         self._last_sent_at = now
         return KEEPALIVE_MESSAGE
+
+    def statistics(self) -> SessionStatistics:
+        """What this stream sent and received so far."""
+        return SessionStatistics(
+            sent_s=self.timemap.sent_s,
+            keepalives=self._keepalives,
+            finalizes=self._finalizes,
+            results=self._results,
+            unrecognized=self._unrecognized,
+        )
 
     @property
     def finished(self) -> bool:
@@ -193,7 +219,7 @@ class Session:
             return self._marker("utterance_end", message.last_word_end_s, is_end=True)
         if isinstance(message, SpeechStarted):
             return self._marker("speech_started", message.timestamp_s)
-        self.counters.unrecognized += 1
+        self._unrecognized += 1
         return [message]
 
     def _marker(self, kind: str, offset_s: float, *, is_end: bool = False) -> list[SessionEvent]:
@@ -202,7 +228,7 @@ class Session:
         return [Marker(kind, self.timemap.to_wall(offset_s, is_end=is_end))]
 
     def _on_result(self, result: TranscriptResult) -> list[SessionEvent]:
-        self.counters.results += 1
+        self._results += 1
         if result.request_id:
             self.request_id = result.request_id
         events: list[SessionEvent] = []
@@ -211,7 +237,7 @@ class Session:
         if not result.transcript:
             return events
         if not self.timemap.segments:
-            self.counters.unrecognized += 1
+            self._unrecognized += 1
             events.append(Unrecognized("a transcript arrived before any audio was sent", ""))
             return events
         to_wall = self.timemap.to_wall

@@ -1,11 +1,31 @@
 """The stats record: the daemon's counters in one frozen value, as journal fields and as the
-gist ``STATUS=`` shows. This module does no I/O."""
+gist ``STATUS=`` shows. This module does no I/O.
+
+Each part counts what it does and exposes it as one frozen record from ``statistics()``:
+the microphone ``CaptureStatistics`` (across pipelines), the supervisor ``LinkStatistics``
+(across connections), the outbox ``OutboxStatistics``. ``compose`` makes the record.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from dgd.core.session import SessionStatistics
 from dgd.core.status import duration_text
+
+if TYPE_CHECKING:
+    from dgd.core.outbox import OutboxStatistics
+    from dgd.core.pipeline import CaptureStatistics
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """Connections so far and the sum of their streams."""
+
+    streams: SessionStatistics = field(default_factory=SessionStatistics)
+    connects: int = 0
+    reconnects_by_cause: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +88,30 @@ class StatsRecord:
             f"{self.dropped_s:.1f} s, {self.keepalives} keep-alives, "
             f"{self.transcripts} transcripts"
         )
+
+
+def compose(
+    *,
+    capture: CaptureStatistics,
+    link: LinkStatistics,
+    outbox: OutboxStatistics,
+    duplicates: int,
+    transcripts: int,
+) -> StatsRecord:
+    """The record from the parts' statistics."""
+    dropped = {"replay_buffer_full": outbox.dropped_s} if outbox.dropped_s else {}
+    return StatsRecord(
+        captured_s=capture.captured_s,
+        sent_s=link.streams.sent_s,
+        gated_s=capture.gated_s,
+        replayed_s=outbox.replayed_s,
+        overruns=capture.overruns,
+        invalid_buffers=capture.invalid_buffers,
+        keepalives=link.streams.keepalives,
+        finalizes=link.streams.finalizes,
+        connects=link.connects,
+        duplicates=duplicates,
+        transcripts=transcripts,
+        dropped_by_cause_s=dropped,
+        reconnects_by_cause=dict(link.reconnects_by_cause),
+    )

@@ -7,7 +7,7 @@ Task tree (every task lives in the root nursery opened here)::
     ├── reloader     executes reload plans one at a time (dgd.core.reload); requests coalesce
     ├── capture      reopens the ALSA device whenever it fails (the thread does the reading)
     ├── supervisor   connection after connection (each: sender, receiver, liveness)
-    └── monitor      watchdog, stall detection, STATUS=, periodic stats
+    └── monitor      watchdog, stall detection, STATUS=, periodic stats (dgd.daemon.monitor)
 
 Data flows one way: capture thread → pipeline (gate, frames) → outbox → link sender →
 WebSocket; WebSocket → link receiver → session events → sinks.
@@ -16,10 +16,9 @@ WebSocket; WebSocket → link receiver → session events → sinks.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -35,16 +34,14 @@ from dgd.core.events import (
 from dgd.core.outbox import Outbox
 from dgd.core.pipeline import make_pipeline, pcm_format
 from dgd.core.session import DuplicateFilter
-from dgd.core.stats import StatsRecord
+from dgd.core.stats import StatsRecord, compose
 from dgd.core.status import StatusBoard
 from dgd.daemon import wsclient
-from dgd.daemon.capture import (
-    OpenSource,
-    open_alsa,
-)
+from dgd.daemon.capture import OpenSource, open_alsa
 from dgd.daemon.link import LinkContext, OutboxFeed
-from dgd.daemon.logsetup import event, flush_repeats
+from dgd.daemon.logsetup import event
 from dgd.daemon.microphone import Microphone
+from dgd.daemon.monitor import Monitor
 from dgd.daemon.notices import log_notice
 from dgd.daemon.reloader import Reloader
 from dgd.daemon.supervisor import Supervisor
@@ -58,9 +55,6 @@ if TYPE_CHECKING:
     from dgd.daemon.sinks import TranscriptSinks
 
 log = logging.getLogger("dgd.app")
-
-#: The monitor's tick: stall detection resolution and STATUS refresh.
-MONITOR_TICK_S: Final = 1.0
 
 
 class Daemon:
@@ -131,10 +125,17 @@ class Daemon:
             clock=clock,
             stopping=self.stopping,
         )
+        self.monitor = Monitor(
+            notifier=notifier,
+            mic=self.mic,
+            config=lambda: self.config,
+            statistics=self.statistics,
+            status=self.status,
+            publish_status=self._publish_status,
+        )
         self._root: trio.Nursery | None = None
         self.reloader = Reloader(self, reload_config)
         self._stop_requested = False
-        self.dropped_by_cause: dict[str, float] = {}
 
     # -- the task tree -------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class Daemon:
             await self.mic.first_attempt.wait()
             self.notifier.ready(self.status.render())
             event("started", "dgd is running: %s", self.status.render())
-            root.start_soon(self._monitor)
+            root.start_soon(self.monitor.run)
             # Started after READY=1: a SIGHUP that came earlier is carried out now.
             root.start_soon(self.reloader.run)
 
@@ -219,27 +220,12 @@ class Daemon:
         """In trio: take a batch from the audio source (it must not block or raise)."""
         for item in outputs:
             if isinstance(item, AudioFrame | FinalizeMarker | FormatChange):
-                dropped = self.feed.put(item)
-                if dropped is not None:
-                    self._count_drop("replay_buffer_full", dropped.seconds)
-                    event(
-                        "audio_dropped",
-                        "replay buffer full (stream.replay_buffer_s = %g): dropping the oldest "
-                        "audio, %.1f s in all so far",
-                        self.config.stream.replay_buffer_s,
-                        self.dropped_by_cause["replay_buffer_full"],
-                        level=logging.WARNING,
-                        repeat_key="replay-buffer-full",
-                        dropped_s=f"{dropped.seconds:.2f}",
-                    )
+                self.feed.put(item)  # it logs audio the replay buffer's bound dropped
                 continue
             log_notice(item, self.config.audio.device)
             if isinstance(item, GateOpened | GateClosed):
                 self.status.gate_open = isinstance(item, GateOpened)
                 self._publish_status()
-
-    def _count_drop(self, cause: str, seconds: float) -> None:
-        self.dropped_by_cause[cause] = self.dropped_by_cause.get(cause, 0.0) + seconds
 
     # -- transcripts ---------------------------------------------------------------------
 
@@ -257,52 +243,15 @@ class Daemon:
         if not self.stopping.is_set():
             self.notifier.status(self.status.render())
 
-    async def _monitor(self) -> None:
-        watchdog_s = self.notifier.watchdog_interval_s
-        tick_s = min(MONITOR_TICK_S, watchdog_s) if watchdog_s else MONITOR_TICK_S
-        next_watchdog = trio.current_time()
-        next_stats = trio.current_time() + self._stats_interval_s()
-        while True:
-            now = trio.current_time()
-            healthy = self.mic.check()
-            if watchdog_s and healthy and now >= next_watchdog:
-                self.notifier.watchdog()
-                next_watchdog = now + watchdog_s
-            flush_repeats()
-            if now >= next_stats:
-                self._log_stats()
-                next_stats = now + self._stats_interval_s()
-            await trio.sleep(tick_s)
-
-    def _stats_interval_s(self) -> float:
-        interval = self.config.output.stats_interval_s
-        return interval if interval > 0 else math.inf
-
     def statistics(self) -> StatsRecord:
         """The daemon's counters, composed from its parts."""
-        pipeline = self.mic.pipeline.counters
-        period_s = self.mic.pipeline.fmt.period_ms / 1000
-        return StatsRecord(
-            captured_s=pipeline.periods_captured * period_s,
-            sent_s=self.link.counters.sent_s,
-            gated_s=pipeline.periods_gated * period_s,
-            replayed_s=self.feed.outbox.replayed_s,
-            overruns=self.mic.heartbeat.overruns,
-            invalid_buffers=pipeline.invalid_buffers,
-            keepalives=self.link.counters.keepalives,
-            finalizes=self.link.counters.finalizes,
-            connects=self.supervisor.counters.connects,
+        return compose(
+            capture=self.mic.statistics(),
+            link=self.supervisor.statistics(),
+            outbox=self.feed.outbox.statistics(),
             duplicates=self.duplicates.duplicates,
             transcripts=self.sinks.written,
-            dropped_by_cause_s=dict(self.dropped_by_cause),
-            reconnects_by_cause=dict(self.supervisor.counters.reconnects_by_cause),
         )
-
-    def _log_stats(self) -> None:
-        stats = self.statistics()
-        self.status.gist = stats.gist()
-        self._publish_status()
-        event("stats", "%s", stats.summary(), fields_map=stats.fields())
 
     # -- reload (dgd.daemon.reloader executes the plans) ----------------------------------
 

@@ -15,10 +15,11 @@ Who owns the PCM, and how it is let go (issue 8; README "How it is built"):
   driver, which nothing in-process can interrupt), the app stops petting the watchdog and
   systemd restarts dgd (``dgd.core.health``).
 
-It runs each read through the ``CapturePipeline`` and hands only what must travel on
-(frames, Finalize markers, notices) to trio with ``TrioToken.run_sync_soon``: in gated silence
-trio is not woken at all. A heartbeat (the monotonic time of the last audio) tells the
-watchdog and the stall monitor that audio is moving.
+The read loop is ``read_stream``, shared with ``dgd levels``: read, wait in ``poll``, classify
+errors, report overruns. The capture thread runs each read through the ``CapturePipeline`` and
+hands only what must travel on (frames, Finalize markers, notices) to trio with
+``TrioToken.run_sync_soon``: in gated silence trio is not woken at all. A heartbeat (the
+monotonic time of the last audio) tells the watchdog and the stall monitor that audio is moving.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ class DeviceError(Exception):
         self.detail = detail
 
 
+#: Error texts of a device that went away: ENODEV ("No such device"), a PCM alsa-lib has
+#: closed, and EIO ("Input/output error"), which a USB device pulled mid-read gives.
+_GONE_TEXTS: Final = ("no such device", "closed", "i/o error", "input/output error")
+
+
 def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
     """Turn an ``alsaaudio.ALSAAudioError`` (``"<strerror> [<device>]"``) into advice."""
     text = str(exc)
@@ -90,7 +96,7 @@ def classify_alsa_error(device: str, exc: Exception) -> DeviceError:
         problem = DeviceProblem.BUSY
     elif "permission" in lowered or "not permitted" in lowered:
         problem = DeviceProblem.PERMISSION
-    elif "no such device" in lowered or "closed" in lowered or "i/o error" in lowered:
+    elif any(gone in lowered for gone in _GONE_TEXTS):
         problem = DeviceProblem.UNPLUGGED
     else:
         problem = DeviceProblem.OTHER
@@ -155,6 +161,54 @@ def open_pcm(device: str, fmt: PcmFormat, periods_per_read: int = 1) -> Any:
     return pcm
 
 
+def read_stream(
+    pcm: Any,
+    device: str,
+    read_s: float,
+    stop: threading.Event,
+    on_read: Callable[[bytes, float], None],
+    on_overrun: Callable[[float], None],
+) -> None:
+    """The read loop of a non-blocking capture PCM (the daemon's and ``dgd levels``'), until
+    ``stop`` is set.
+
+    Each read that returns audio is handed to ``on_read(data, read_done_s)``, ``read_done_s``
+    being ``time.time()`` as it returned; ``data`` is whatever the device had ready, not
+    always whole periods (``CapturePipeline.feed`` joins them, in the daemon and in
+    ``dgd levels``). An overrun (-EPIPE: the kernel lost audio, pyalsaaudio has re-prepared
+    the PCM) is reported to ``on_overrun(at_s)`` instead, and reading goes on. When nothing
+    is ready the loop waits in ``poll`` (which releases the GIL) for at most two reads' time,
+    so that a stop request is seen soon. Both callbacks run in the calling thread.
+
+    Args:
+        pcm: the PCM from `open_pcm`; the caller owns it (and closes it).
+        device: the ALSA PCM name, for errors.
+        read_s: the duration of one read (one ALSA period).
+
+    Raises:
+        DeviceError: a read failed (`classify_alsa_error`), or returned an error other than
+            an overrun.
+    """
+    poller = poller_for(pcm)
+    wait_ms = round(read_s * 2000)
+    while not stop.is_set():
+        try:
+            n_frames, data = pcm.read()
+        except alsaaudio.ALSAAudioError as exc:
+            raise classify_alsa_error(device, exc) from exc
+        if n_frames == 0 and not data:
+            if poller is None or not poller.poll(wait_ms):
+                time.sleep(read_s / 4)
+            continue
+        read_done_s = time.time()
+        if n_frames < 0:
+            if -n_frames != EPIPE:
+                raise DeviceError(device, DeviceProblem.OTHER, f"read failed with error {n_frames}")
+            on_overrun(read_done_s)
+            continue
+        on_read(data, read_done_s)
+
+
 #: trio 0.23 renamed ``cancellable`` to ``abandon_on_cancel``; Debian 12 ships trio 0.22.
 _ABANDON_KEYWORD: Final = (
     "abandon_on_cancel"
@@ -179,8 +233,6 @@ class Heartbeat:
 
     last_period_at: float = 0.0  # time.monotonic() of the last audio read; 0 = none yet
     opened_at: float = 0.0  # time.monotonic() of the last successful open
-    periods: int = 0
-    overruns: int = 0
     opened: bool = False
 
 
@@ -317,37 +369,20 @@ class CaptureThread:
             self._call_trio(self.released.set)
 
     def _read_loop(self, pcm: Any) -> None:
-        poller = poller_for(pcm)
-        period_s = self.fmt.period_ms * self.periods_per_read / 1000
-        while not self.stop_requested.is_set():
-            try:
-                n_frames, data = pcm.read()
-            except alsaaudio.ALSAAudioError as exc:
-                raise classify_alsa_error(self.device, exc) from exc
-            if n_frames == 0 and not data:
-                # Non-blocking PCM with nothing ready yet: wait for ALSA in poll (which releases
-                # the GIL), for at most two reads' time so that a stop request is seen soon.
-                if poller is None or not poller.poll(round(period_s * 2000)):
-                    time.sleep(period_s / 4)
-                continue
-            read_done_s = time.time()
-            if n_frames < 0:
-                if -n_frames != EPIPE:
-                    raise DeviceError(
-                        self.device, DeviceProblem.OTHER, f"read failed with error {n_frames}"
-                    )
-                # An overrun: the kernel lost audio; pyalsaaudio has re-prepared the PCM.
-                self.heartbeat.overruns += 1
-                self._call_trio(self._deliver, self.pipeline.overrun(read_done_s))
-                continue
-            output = self.pipeline.feed(data, read_done_s)
-            self.heartbeat.last_period_at = time.monotonic()
-            self.heartbeat.periods += 1
-            if output:
-                self._call_trio(self._deliver, output)
+        read_s = self.fmt.period_ms * self.periods_per_read / 1000
+        read_stream(pcm, self.device, read_s, self.stop_requested, self._on_read, self._on_overrun)
         tail = self.pipeline.flush()
         if tail:
             self._call_trio(self._deliver, tail)
+
+    def _on_read(self, data: bytes, read_done_s: float) -> None:
+        output = self.pipeline.feed(data, read_done_s)
+        self.heartbeat.last_period_at = time.monotonic()
+        if output:
+            self._call_trio(self._deliver, output)
+
+    def _on_overrun(self, at_s: float) -> None:
+        self._call_trio(self._deliver, self.pipeline.overrun(at_s))
 
     def _call_trio(self, fn: Callable[..., None], *args: object) -> None:
         # run_sync_soon queues the call and returns: the capture thread never waits for the

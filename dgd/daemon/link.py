@@ -51,9 +51,20 @@ class OutboxFeed:
         self.capture_done = False  # capture stopped for good: no more items will come
 
     def put(self, item: OutboxItem) -> Dropped | None:
-        """Queue an outbox item and wake the sender."""
+        """Queue an outbox item and wake the sender; log audio the bound made room by."""
         dropped = self.outbox.put(item)
         self._changed.set()
+        if dropped is not None:
+            event(
+                "audio_dropped",
+                "replay buffer full (stream.replay_buffer_s = %g): dropping the oldest "
+                "audio, %.1f s in all so far",
+                self.outbox.replay_buffer_s,
+                self.outbox.statistics().dropped_s,
+                level=logging.WARNING,
+                repeat_key="replay-buffer-full",
+                dropped_s=f"{dropped.seconds:.2f}",
+            )
         return dropped
 
     def poke(self) -> None:
@@ -67,16 +78,6 @@ class OutboxFeed:
 
 
 @dataclass(slots=True)
-class LinkCounters:
-    """Totals across all connections (the stats task reads them)."""
-
-    sent_s: float = 0.0
-    keepalives: int = 0
-    finalizes: int = 0
-    unrecognized: int = 0
-
-
-@dataclass(slots=True)
 class LinkContext:
     """What a link needs from the daemon; shared by every connection."""
 
@@ -84,7 +85,6 @@ class LinkContext:
     stream: StreamConfig
     on_transcript: Callable[[Transcript], None]
     stopping: trio.Event
-    counters: LinkCounters = field(default_factory=LinkCounters)
     #: Set to end the current connection gracefully (CloseStream) so the supervisor reconnects
     #: with new settings (config reload).
     close_requested: trio.Event = field(default_factory=trio.Event)
@@ -199,12 +199,10 @@ async def _sender(
                 payload = session.send_audio(item, trio.current_time())
                 outbox.take(session.timemap.sent_s)
                 await _send_bytes(ws, payload, timeout_s)
-                ctx.counters.sent_s += item.duration_s
             else:
                 text = session.finalize(trio.current_time())
                 outbox.take(session.timemap.sent_s)
                 await _send_text(ws, text, timeout_s)
-                ctx.counters.finalizes += 1
     except wsclient.Closed as exc:
         _on_close(run, session, exc)
     except trio.TooSlowError:
@@ -243,7 +241,6 @@ async def _keepalive_if_due(ws: wsclient.WebSocketPort, session: Session, ctx: L
     text = session.handle_timer(trio.current_time())
     if text is not None:
         await _send_text(ws, text, ctx.stream.ping_timeout_s)
-        ctx.counters.keepalives += 1
 
 
 async def _receiver(
@@ -280,7 +277,6 @@ def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Ou
             audio_s=f"{item.duration_s:.3f}",
         )
     elif isinstance(item, Unrecognized):
-        ctx.counters.unrecognized += 1
         event(
             "unrecognized_message",
             "ignored a server message: %s [%s]",

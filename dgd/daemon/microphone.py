@@ -17,6 +17,7 @@ import trio
 
 from dgd.core.backoff import DeviceRetry
 from dgd.core.health import CaptureFacts, CaptureHealth, CaptureState
+from dgd.core.pipeline import CaptureStatistics
 from dgd.daemon.capture import DeviceError, Heartbeat, SourceSpec, read_periods
 from dgd.daemon.logsetup import event
 
@@ -83,6 +84,11 @@ class Microphone:
         self._waiting_for_device = False
         self._stop_requested_at: float | None = None  # a reopen asked the source to stop
         self._stuck: AudioSource | None = None  # abandoned, still holds the device
+        self._retired = CaptureStatistics()  # pipelines a new format replaced
+
+    def statistics(self) -> CaptureStatistics:
+        """Audio captured since the daemon started, across format changes."""
+        return self._retired + self.pipeline.statistics()
 
     @property
     def device(self) -> str:
@@ -147,6 +153,7 @@ class Microphone:
         self._resume = trio.Event()
         await self._stop_source()
         if pipeline is not None:
+            self._retired += self.pipeline.statistics()
             self.pipeline = pipeline
             if before_resuming is not None:
                 before_resuming(pipeline.fmt)

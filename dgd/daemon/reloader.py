@@ -14,6 +14,7 @@ import trio
 
 from dgd.core.config import ApiKey, Config, ConfigError
 from dgd.core.events import FormatChange
+from dgd.core.gate import GateMode
 from dgd.core.pipeline import make_pipeline, pcm_format
 from dgd.core.reload import plan_reload, refuse
 from dgd.daemon.logsetup import event, set_level
@@ -107,7 +108,7 @@ class Reloader:
                 hangover_ms=gate.hangover_ms,
             )
             d.status.gate_mode = gate.mode
-            d.mic.pipeline.finalize_on_close = gate.mode != "shadow"
+            d.mic.pipeline.finalize_on_close = gate.mode is not GateMode.SHADOW
         d.sinks.reconfigure(new.output)
         d.link.stream = new.stream
         d.mic.pipeline.set_frame_ms(new.stream.frame_ms)

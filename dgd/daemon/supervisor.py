@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -25,9 +24,10 @@ from dgd.core.backoff import (
     classify_rejection,
     network_failure,
 )
+from dgd.core.connection import auth_headers, listen_url, parse_rejection
 from dgd.core.events import FormatChange
-from dgd.core.messages import auth_headers, listen_url, parse_rejection
-from dgd.core.session import Session
+from dgd.core.session import Session, SessionStatistics
+from dgd.core.stats import LinkStatistics
 from dgd.daemon import wsclient
 from dgd.daemon.link import LinkContext, LinkFailure, run_link
 from dgd.daemon.logsetup import event
@@ -41,14 +41,6 @@ log = logging.getLogger("dgd.supervisor")
 
 #: Pause between the few connection attempts made while shutting down.
 SHUTDOWN_RETRY_S: Final = 0.5
-
-
-@dataclass(slots=True)
-class SupervisorCounters:
-    """Connection history (the stats task reads it)."""
-
-    connects: int = 0
-    reconnects_by_cause: dict[str, int] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -86,11 +78,25 @@ class Supervisor:
             rejected_s=stream.rejected_retry_s,
             rng=rng or random.Random(),
         )
-        self.counters = SupervisorCounters()
+        self._connects = 0
+        self._reconnects_by_cause: dict[str, int] = {}
+        self._finished_streams = SessionStatistics()
+        self._session: Session | None = None
         self.connected = False
         self.last_failure: Failure | None = None
         self._retry_now = trio.Event()
         self._stopping_attempts = 0
+
+    def statistics(self) -> LinkStatistics:
+        """Connections so far and what their streams sent and received."""
+        streams = self._finished_streams
+        if self._session is not None:
+            streams += self._session.statistics()
+        return LinkStatistics(
+            streams=streams,
+            connects=self._connects,
+            reconnects_by_cause=dict(self._reconnects_by_cause),
+        )
 
     def retry_now(self) -> None:
         """Cut the current backoff wait short and start from the first attempt (SIGHUP)."""
@@ -125,9 +131,7 @@ class Supervisor:
             self.last_failure = failure
             self.ctx.feed.outbox.rewind()
             cause = failure.cause
-            self.counters.reconnects_by_cause[cause] = (
-                self.counters.reconnects_by_cause.get(cause, 0) + 1
-            )
+            self._reconnects_by_cause[cause] = self._reconnects_by_cause.get(cause, 0) + 1
             if self.ctx.stopping.is_set():
                 # Shutting down: a transient failure gets a few quick tries (the caller's
                 # close timeout bounds them) to deliver what is buffered; a refusal will not
@@ -164,9 +168,12 @@ class Supervisor:
                 session = Session(
                     keepalive_interval_s=stream.keepalive_interval_s, now=trio.current_time()
                 )
+                self._session = session
                 try:
                     await run_link(ws, session, self.ctx, fmt)
                 finally:
+                    self._session = None
+                    self._finished_streams += session.statistics()
                     self.connected = False
                     self.ctx.close_requested = trio.Event()
         except wsclient.Rejected as exc:
@@ -179,7 +186,7 @@ class Supervisor:
 
     def _on_connected(self) -> None:
         self.connected = True
-        self.counters.connects += 1
+        self._connects += 1
         self.policy.connected(trio.current_time())
         outbox = self.ctx.feed.outbox
         backlog_s = outbox.pending_s
