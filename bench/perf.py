@@ -236,7 +236,7 @@ class Client:
 
         The FifoMic writes this much per write, as a sound card with that period size would
         wake its reader, and because a write that is not whole reads corrupts the stream."""
-        if self.kind == "dgd":
+        if self.kind in DGD_KINDS:
             return max(1, min(self.frame_ms, MAX_READ_MS) // PERIOD_MS)
         return 1
 
@@ -256,7 +256,7 @@ def write_dgd_config(path: Path, url: str, frame_ms: int, jsonl: Path, **stream:
 def client_argv(
     client: Client, work: Path, url: str, bench_python: str, **stream: float
 ) -> list[str]:
-    if client.kind == "dgd":
+    if client.kind in DGD_KINDS:
         conf = work / "dgd.toml"
         write_dgd_config(conf, url, client.frame_ms, work / "transcripts.jsonl", **stream)
         return [sys.executable, "-m", "dgd", "run", "-c", str(conf), "--log-target", "stderr"]
@@ -489,6 +489,9 @@ def run_once(
             h.server = FakeServerProcess(h.work / "server", api_key=API_KEY)
             mic = h.start_mic(client.read_periods)
             env = h.env()
+            if client.kind == "dgd-before":
+                # The dgd of another source tree (--before-tree) shadows the installed one.
+                env["PYTHONPATH"] = os.pathsep.join((BEFORE_TREE[0], env["PYTHONPATH"]))
             argv = client_argv(client, h.work, h.server.url, bench_python)
             proc, started = h.spawn(argv, env)
             result.ready_ms = wait_ready(h, proc, started, READY_TIMEOUT_S)
@@ -771,6 +774,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+#: Client kinds that are dgd: this checkout, and the tree given with --before-tree.
+DGD_KINDS: Final = ("dgd", "dgd-before")
+#: The source tree of "dgd-before" (set by main).
+BEFORE_TREE: list[str] = [""]
+
+
 def run_plan(
     plan: Plan, bench_python: str, parts: set[str], only: set[str] | None = None
 ) -> dict[str, Any]:
@@ -790,6 +799,15 @@ def run_plan(
         log(f"    {_brief(res)}")
         runs.append(res)
 
+    if "before" in parts:
+        # This checkout against another tree of dgd (--before-tree), same audio, interleaved:
+        # does a change cost anything at run time?
+        before = Client("dgd-before", plan.dgd_frame_ms)
+        for r in range(1, plan.rounds + 1):
+            order = [dgd, before] if r % 2 else [before, dgd]
+            for scenario, audio in (("speech", speech), ("silence", quiet)):
+                for c in order:
+                    one(c, scenario, audio, r)
     if "main" in parts:
         for r in range(1, plan.rounds + 1):
             # Round-robin, rotating the order so no client always runs first.
@@ -965,6 +983,13 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
         plan["dgd_frame_ms"] + 5.0,
         "ms",
     )
+    before = f"dgd-before@{plan['dgd_frame_ms']}ms"
+    for scenario in ("speech", "silence"):
+        for metric in ("cpu_pct", "wakeups_per_s", "peak_rss_mb", "ready_ms"):
+            values = ratios(by_round(dgd, scenario, metric), by_round(before, scenario, metric))
+            if values:
+                # Run-to-run noise on a shared machine is a few percent; 1.1 flags a real cost.
+                target(f"info: {scenario} {metric} dgd / dgd before <= 1.1", values, 1.1)
     return {"medians": medians, "targets": targets}
 
 
@@ -1055,6 +1080,11 @@ def main() -> int:
         help="python of the venv with deepgram-sdk (see bench/README.md)",
     )
     parser.add_argument("--out", type=Path, help="JSON results path")
+    parser.add_argument(
+        "--before-tree",
+        help="a source tree of dgd (e.g. `git archive <commit> | tar -x -C DIR`) to compare "
+        "with this checkout: the part 'before' runs both, interleaved",
+    )
     parser.add_argument("--only", help="comma list of clients to run (dgd,sdk,trio)")
     parser.add_argument("--sweep-frame-ms", help="comma list of dgd frame sizes for the sweep")
     args = parser.parse_args()
@@ -1067,7 +1097,15 @@ def main() -> int:
         fields["rounds"] = args.rounds or plan.rounds
         fields["window_s"] = args.window_s or plan.window_s
         plan = Plan(**fields)
-    if not Path(args.bench_python).exists():
+    parts = set(args.parts.split(","))
+    if args.before_tree:
+        BEFORE_TREE[0] = str(Path(args.before_tree).resolve())
+    elif "before" in parts:
+        print("bench/perf.py: the part 'before' needs --before-tree", file=sys.stderr)
+        return 2
+    only = set(args.only.split(",")) if args.only else None
+    needs_baselines = only is None or bool(only & {"sdk", "trio"})
+    if needs_baselines and not Path(args.bench_python).exists():
         print(
             f"bench/perf.py: no bench venv python at {args.bench_python}; create it as "
             "bench/README.md says, or pass --bench-python",
@@ -1076,11 +1114,9 @@ def main() -> int:
         return 2
     if shutil.which("valgrind") is None:
         log("valgrind not found: skipping the callgrind part")
-    parts = set(args.parts.split(","))
     if shutil.which("valgrind") is None:
         parts.discard("callgrind")
     began = time.monotonic()
-    only = set(args.only.split(",")) if args.only else None
     data = run_plan(plan, args.bench_python, parts, only)
     data["machine"] = {
         "python": platform.python_version(),

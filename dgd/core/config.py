@@ -4,6 +4,10 @@
 each naming the TOML key path; ``dump()`` writes any Config as TOML text that parses back to
 it (``dgd check-config`` prints it with the secrets redacted). Reading the file and the key is
 ``dgd.daemon.configfile``'s; this module does no I/O.
+
+It is a little over the project's 400 lines on purpose: it is the schema of one file, and the
+defaults, the parse rule and the dump of each key belong side by side (what TOML itself needs
+is in ``dgd.core.tomltext``).
 """
 
 from __future__ import annotations
