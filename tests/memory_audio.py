@@ -20,7 +20,8 @@ from dgd.daemon.capture import DeviceError, DeviceProblem, SourceSpec
 if TYPE_CHECKING:
     from dgd.core.pcm import PcmFormat
 
-#: Wall-clock time of trio time 0 in these tests (the capture timeline's labels).
+#: Wall-clock time of trio time 0 in these tests: the offset that labels the capture timeline
+#: (trio's clock, as the monotonic clock is in the daemon).
 WALL0 = 1_700_000_000.0
 
 
@@ -97,7 +98,7 @@ class MemorySource:
                 if mic.stalled:
                     continue
                 now = trio.current_time()
-                output = spec.pipeline.feed(mic.read(read_bytes, fmt), WALL0 + now)
+                output = spec.pipeline.feed(mic.read(read_bytes, fmt), now)
                 beat.last_period_at = now
                 if output:
                     spec.deliver(output)

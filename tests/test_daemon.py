@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
@@ -36,7 +37,7 @@ from tests.memory_audio import WALL0, MemoryMic, tone
 from tests.memory_ws import Attempt, MemoryConnector, MemoryWebSocket, metadata, results
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 FMT = PcmFormat(16000, 1, 20)
 CONFIG = Config(gate=GateConfig(threshold_dbfs=-40.0, preroll_ms=200, hangover_ms=1000))
@@ -84,6 +85,7 @@ def make_rig(
     config: Config = CONFIG,
     attempts: list[Attempt] | None = None,
     signals_before_start: list[int] | None = None,
+    wall_offset: Callable[[], float] = lambda: WALL0,
 ) -> Rig:
     sockets = [MemoryWebSocket() for _ in range(4)]
     connector = MemoryConnector(attempts or [Attempt(ws=ws) for ws in sockets])
@@ -110,6 +112,7 @@ def make_rig(
         connect=connector,
         clock=trio.current_time,
         signals_before_start=signals_before_start,
+        wall_offset=wall_offset,
     )
     return Rig(daemon, mic, connector, sockets, notifier, journal, file, reloads)
 
@@ -366,3 +369,36 @@ async def test_a_sighup_before_ready_is_carried_out_once_ready(
     assert len(reloading) == 1
     assert ready[0] <= reloading[0] < ready[1]
     assert rig.mic.openings == [CONFIG.audio.device, "hw:B"]
+
+
+async def test_a_wall_clock_step_loses_and_duplicates_nothing_and_relabels(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wall clock steps back an hour (NTP fixing a Pi that booted with a stale time) between
+    the second and the third of four utterances: all four finals reach the journal once, the
+    last two labelled with the new time, and the step is logged once with its size."""
+    offset = [WALL0]
+    rig = make_rig(wall_offset=lambda: offset[0])
+    ws = rig.sockets[0]
+    sent_per_utterance_s = 0.2 + 1.0 + 1.0  # pre-roll, speech, hangover
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.daemon.run)
+        for k in range(4):
+            await trio.sleep_until(1.0 + 5 * k)
+            rig.mic.play(tone(FMT, 1.0))
+            await trio.sleep(3.0)
+            ws.push(results(k * sent_per_utterance_s + 0.2, 1.0, f"utterance {k}"))
+            await trio.sleep(0.5)
+            if k == 1:
+                offset[0] = WALL0 - 3600.0
+        nursery.cancel_scope.cancel()
+    got = [
+        (text, datetime.fromisoformat(start).timestamp()) for text, start, _ in rig.transcripts()
+    ]
+    assert [text for text, _ in got] == [f"utterance {k}" for k in range(4)]
+    expected = [WALL0 + 1.0, WALL0 + 6.0, WALL0 - 3600.0 + 11.0, WALL0 - 3600.0 + 16.0]
+    # Within 0.1 s: the offsets pushed assume 2.2 s sent per utterance; the frames differ by a
+    # few tens of milliseconds. The hour is what matters.
+    assert [start for _, start in got] == pytest.approx(expected, abs=0.1)
+    steps = [r for r in caplog.records if getattr(r, "DGD_EVENT", "") == "clock_step"]
+    assert [r.getMessage().split(" (")[0] for r in steps] == ["the wall clock stepped -3600.000 s"]

@@ -1,9 +1,10 @@
 """Records that cross the line between the pure core and the trio shell.
 
-Every value here is a frozen, slotted dataclass named as a noun. Capture times are wall-clock
-seconds since the epoch (``time.time()`` at capture, corrected for continuity by
-``dgd.core.pipeline.CaptureClock``), because the contract's ``DGD_START``/``DGD_END`` are
-wall-clock.
+Every value here is a frozen, slotted dataclass named as a noun. Capture times are on the
+capture timeline: seconds of the monotonic clock (``time.monotonic()`` as reads return, made
+contiguous and drift-free by ``dgd.core.pipeline.CaptureClock``). The wall clock never decides
+anything; it only labels a transcript on its way to the sinks (``dgd.core.wallclock``), so a
+wall-clock step loses, duplicates and stretches nothing.
 This module does no I/O.
 """
 
@@ -132,7 +133,7 @@ PipelineOutput = OutboxItem | CaptureNotice
 
 @dataclass(frozen=True, slots=True)
 class TimedWord:
-    """One recognised word with wall-clock capture times."""
+    """One recognised word with its capture times."""
 
     word: str
     start_s: float
@@ -142,15 +143,16 @@ class TimedWord:
 
 @dataclass(frozen=True, slots=True)
 class Transcript:
-    """A transcript ready for the sinks, with wall-clock capture times.
+    """A transcript: capture-timeline times from the session, wall-clock labels once
+    ``WallClock.label`` has put it on its way to the sinks.
 
     Attributes:
         text: the transcript (Deepgram's ``transcript``), never empty.
         is_final / speech_final / from_finalize: Deepgram's flags.
         confidence: Deepgram's confidence for the alternative.
-        start_s / end_s: wall-clock capture times of the audio it covers.
+        start_s / end_s: capture times of the audio it covers.
         request_id: Deepgram's request id of the connection it came from.
-        words: the words with wall-clock times.
+        words: the words with their capture times.
     """
 
     text: str

@@ -14,6 +14,7 @@ This module does no I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -36,40 +37,67 @@ from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S
 if TYPE_CHECKING:
     from dgd.core.config import Config
 
-#: A read that returns later than this after the previous period's expected end is a gap
-#: (an overrun, a stall, a reopened device): the clock re-anchors to the wall clock. Smaller
-#: jitter is ALSA buffering, and the capture times stay contiguous.
-CLOCK_REANCHOR_S: Final = 0.08
+#: A read can return late by up to the ALSA buffer (dgd.daemon.capture.ALSA_BUFFER_MS, 500 ms)
+#: without losing audio: later than that, or this much earlier than the schedule, samples are
+#: missing (a stall that delivered nothing, a lost overrun) and the clock re-anchors.
+MAX_READ_LATENESS_S: Final = 0.6
+#: The schedule follows the device's sample clock against the system clock over windows of
+#: this length: the earliest read of a window was on time, so its lateness is drift. USB
+#: devices differ from the system clock by up to a few hundred ppm: 300 ppm is 3 ms a window.
+DRIFT_WINDOW_S: Final = 10.0
 #: Exact zeros for this long are reported once as digital silence (muted mixer, dead input).
 DIGITAL_SILENCE_REPORT_S: Final = 5.0
 
 
 class CaptureClock:
-    """Assigns a wall-clock capture time to each period.
+    """Assigns a capture time on the monotonic clock to each period.
 
-    The first sample of a read of ``n`` periods was captured ``n`` periods before the read
-    returned. Reads come back with jitter (ALSA hands over whole periods from its buffer), so
-    consecutive periods are kept contiguous while the wall clock agrees within
-    ``CLOCK_REANCHOR_S``, and re-anchored when it does not (a stall, an overrun, a wall-clock
-    step).
+    The audio itself is the timeline: period ``n`` after the anchor starts at
+    ``anchor + n·period``. The first sample of a read of ``n`` periods was captured ``n``
+    periods before the read returned, or earlier if the read returned late (the capture thread
+    was not scheduled; ALSA kept the audio in its buffer). Lateness never moves the times: an
+    observation later than the schedule is ignored, one earlier than it moves the anchor back
+    (that read was more punctual than the one the anchor came from). Over each
+    ``DRIFT_WINDOW_S`` the smallest lateness seen is the device clock's drift and moves the
+    anchor forward. Only missing samples re-anchor (``MAX_READ_LATENESS_S``, an overrun, a
+    reopen: ``reset``). The wall clock plays no part: it only labels results, at the sinks.
     """
 
     def __init__(self, period_s: float) -> None:
         self._period_s = period_s
+        self._window_periods = max(1, round(DRIFT_WINDOW_S / period_s))
         self._anchor_s: float | None = None
         self._count = 0  # periods since the anchor: anchor + n·period avoids summing rounding
+        self._window_end = 0  # count at which the current drift window ends
+        self._window_min_late_s = math.inf
 
     def stamp(self, read_done_s: float, periods: int = 1) -> float:
         """Return the capture start time of the first of ``periods`` periods whose read
-        finished at ``read_done_s``; the others follow at one period each."""
+        finished at monotonic time ``read_done_s``; the others follow at one period each."""
         observed_s = read_done_s - periods * self._period_s
-        if self._anchor_s is not None:
-            expected_s = self._anchor_s + self._count * self._period_s
-            if abs(observed_s - expected_s) <= CLOCK_REANCHOR_S:
-                self._count += periods
-                return expected_s
+        if self._anchor_s is None:
+            return self._start(observed_s, periods)
+        expected_s = self._anchor_s + self._count * self._period_s
+        late_s = observed_s - expected_s
+        if abs(late_s) > MAX_READ_LATENESS_S:
+            return self._start(observed_s, periods)
+        if late_s < 0:
+            self._anchor_s += late_s
+            expected_s = observed_s
+            late_s = 0.0
+        self._window_min_late_s = min(self._window_min_late_s, late_s)
+        self._count += periods
+        if self._count >= self._window_end:
+            self._anchor_s += self._window_min_late_s
+            self._window_min_late_s = math.inf
+            self._window_end = self._count + self._window_periods
+        return expected_s
+
+    def _start(self, observed_s: float, periods: int) -> float:
         self._anchor_s = observed_s
         self._count = periods
+        self._window_end = periods + self._window_periods
+        self._window_min_late_s = math.inf
         return observed_s
 
     def start_of(self, first_s: float, index: int) -> float:
@@ -77,7 +105,7 @@ class CaptureClock:
         return first_s + index * self._period_s
 
     def reset(self) -> None:
-        """Forget continuity (the device was reopened)."""
+        """Forget continuity (lost samples, or the device was reopened)."""
         self._anchor_s = None
 
 

@@ -41,7 +41,7 @@ from dgd.daemon.capture import OpenSource, open_alsa
 from dgd.daemon.link import LinkContext, OutboxFeed
 from dgd.daemon.logsetup import event
 from dgd.daemon.microphone import Microphone
-from dgd.daemon.monitor import Monitor
+from dgd.daemon.monitor import Monitor, system_wall_offset_s
 from dgd.daemon.notices import log_notice
 from dgd.daemon.reloader import Reloader
 from dgd.daemon.supervisor import Supervisor
@@ -74,6 +74,8 @@ class Daemon:
         rng: randomness for backoff jitter.
         signals_before_start: SIGHUPs recorded before the daemon listened for signals itself
             (by ``dgd.cli``); a reload is carried out for them once it is ready.
+        wall_offset: ``wall - capture timeline`` now, which labels transcripts (tests pass a
+            fixed one).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         signals_before_start: list[int] | None = None,
+        wall_offset: Callable[[], float] = system_wall_offset_s,
     ) -> None:
         self._signals_before_start = (
             signals_before_start if signals_before_start is not None else []
@@ -132,6 +135,7 @@ class Daemon:
             statistics=self.statistics,
             status=self.status,
             publish_status=self._publish_status,
+            wall_offset=wall_offset,
         )
         self._root: trio.Nursery | None = None
         self.reloader = Reloader(self, reload_config)
@@ -230,8 +234,8 @@ class Daemon:
     # -- transcripts ---------------------------------------------------------------------
 
     def _on_transcript(self, transcript: Transcript) -> None:
-        if self.duplicates.accept(transcript):
-            self.sinks.emit(transcript)
+        if self.duplicates.accept(transcript):  # on the capture timeline
+            self.sinks.emit(self.monitor.label(transcript))
 
     # -- status, watchdog, stats ---------------------------------------------------------
 

@@ -173,7 +173,7 @@ def read_stream(
     ``stop`` is set.
 
     Each read that returns audio is handed to ``on_read(data, read_done_s)``, ``read_done_s``
-    being ``time.time()`` as it returned; ``data`` is whatever the device had ready, not
+    being ``time.monotonic()`` as it returned; ``data`` is whatever the device had ready, not
     always whole periods (``CapturePipeline.feed`` joins them, in the daemon and in
     ``dgd levels``). An overrun (-EPIPE: the kernel lost audio, pyalsaaudio has re-prepared
     the PCM) is reported to ``on_overrun(at_s)`` instead, and reading goes on. When nothing
@@ -200,7 +200,7 @@ def read_stream(
             if poller is None or not poller.poll(wait_ms):
                 time.sleep(read_s / 4)
             continue
-        read_done_s = time.time()
+        read_done_s = time.monotonic()  # the capture timeline; the wall clock only labels
         if n_frames < 0:
             if -n_frames != EPIPE:
                 raise DeviceError(device, DeviceProblem.OTHER, f"read failed with error {n_frames}")

@@ -996,6 +996,53 @@ def scenario_6(ctx: Context) -> str:
     )
 
 
+def scenario_8(ctx: Context) -> str:
+    """The wall clock steps back an hour between two utterances (what NTP does to a Pi that
+    booted with a stale time): both are transcribed once, each labelled with the wall clock
+    of the moment it was spoken, and the step is logged once with its size."""
+    if unit_show("ActiveState").get("ActiveState") != "active":
+        start_dgd()
+    cursor = journal_cursor()
+    first, second = ctx.fixtures.single[0], ctx.fixtures.single[1]
+    step_s = -3600.0
+    played = []
+    playback = play(first)
+    playback.wait()
+    played.append((playback.t0, playback.t0 + first.duration()))
+    if len(wait_transcripts(cursor, 1, 10)) != 1:
+        raise ScenarioFailed("no transcript for the utterance before the step")
+    run(["date", "-s", f"@{time.time() + step_s:.3f}"])
+    try:
+        playback = play(second)
+        playback.wait()
+        played.append((playback.t0, playback.t0 + second.duration()))
+        wait_transcripts(cursor, 2, 10)
+        time.sleep(3.0)  # a duplicate would come within this
+        entries = unit_entries(cursor)
+    finally:
+        run(["date", "-s", f"@{time.time() - step_s:.3f}"])
+    transcripts = events(entries, "transcript")
+    steps = [float(str(e.get("DGD_STEP_S", "nan"))) for e in events(entries, "clock_step")]
+    problems = []
+    if len(transcripts) != 2:
+        problems.append(f"{len(transcripts)} transcripts for 2 utterances")
+    for i, (entry, (begin, end)) in enumerate(zip(transcripts, played, strict=False)):
+        start = parse_time(str(entry["DGD_START"]))
+        if not begin - 0.5 <= start <= end:
+            problems.append(
+                f"utterance {i + 1}: DGD_START {start:.3f} is not within its playback "
+                f"({begin:.3f} to {end:.3f})"
+            )
+    if len(steps) != 1 or abs(steps[0] - step_s) > 5.0:
+        problems.append(f"clock_step events with DGD_STEP_S {steps}, expected one near {step_s}")
+    if problems:
+        raise ScenarioFailed("; ".join(problems))
+    return (
+        f"2 transcripts for 2 utterances across a {step_s:+.0f} s step, each within its "
+        f"playback on the wall clock of its time; one clock_step event ({steps[0]:+.1f} s)"
+    )
+
+
 SCENARIOS: Final[dict[str, tuple[str, Callable[[Context], str]]]] = {
     "1": ("start-speech-transcripts", scenario_1),
     "2": ("reload-and-stop", scenario_2),
@@ -1004,8 +1051,9 @@ SCENARIOS: Final[dict[str, tuple[str, Callable[[Context], str]]]] = {
     "5": ("reboot-comes-back", scenario_5),
     "6": ("every-record-has-DGD_EVENT", scenario_6),
     "7": ("security-exposure", scenario_7),
+    "8": ("wall-clock-steps", scenario_8),
 }
-PHASES: Final = {"1": ("1", "2", "3", "7", "4"), "2": ("5", "6")}
+PHASES: Final = {"1": ("1", "2", "3", "8", "7", "4"), "2": ("5", "6")}
 
 
 def run_scenario(ctx: Context, number: str) -> None:
