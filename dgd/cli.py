@@ -19,7 +19,7 @@ from dgd import __version__
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from dgd.core.config import Config
+    from dgd.core.config import Config, ConfigError
 
 EX_OK: Final = 0
 EX_UNEXPECTED: Final = 1
@@ -67,8 +67,15 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate the config and print it")
     check.add_argument("-c", "--config", default=None, help="config file (default /etc/dgd.toml)")
-    check.add_argument(
+    device = check.add_mutually_exclusive_group()
+    device.add_argument(
         "--no-device", action="store_true", help="do not try to open the audio device"
+    )
+    device.add_argument(
+        "--require-device",
+        action="store_true",
+        help="fail (exit 78) when the audio device is absent, instead of warning "
+        "(dgd run waits for it)",
     )
 
     commands.add_parser("devices", help="list ALSA capture devices", add_help=False)
@@ -100,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return EX_OK if exc.code == 0 else EX_USAGE
     if args.command == "check-config":
-        return check_config(args.config, open_device=not args.no_device)
+        return check_config(
+            args.config, open_device=not args.no_device, require_device=args.require_device
+        )
     return run(args.config, args.log_target, args.log_level)
 
 
@@ -124,8 +133,13 @@ def _config_path(path: str | None) -> str:
     return path or os.environ.get("DGD_CONFIG", "") or DEFAULT_CONFIG_PATH
 
 
-def check_config(path: str | None, *, open_device: bool) -> int:
-    """``dgd check-config``: print the effective config (key redacted) or the problems."""
+def check_config(path: str | None, *, open_device: bool, require_device: bool = False) -> int:
+    """``dgd check-config``: print the effective config (key redacted) or the problems.
+
+    It refuses what ``dgd run`` would refuse (the same ``load`` and ``load_api_key``). A device
+    that is absent right now is only a warning, since ``dgd run`` waits for it, unless
+    ``require_device`` (``--require-device``, for provisioning scripts).
+    """
     from dgd.core.config import ConfigError, dump
     from dgd.daemon.configfile import load, load_api_key
 
@@ -146,7 +160,14 @@ def check_config(path: str | None, *, open_device: bool) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
     if open_device:
-        problems.extend(_device_problems(config))
+        device_problems, absent = _device_problems(config)
+        if absent and not require_device:
+            warnings += [
+                f"{problem}; `dgd run` waits for it (--require-device makes this an error)"
+                for problem in device_problems
+            ]
+        else:
+            problems.extend(device_problems)
     print(f"# effective configuration from {config_path}")
     print(key_line)
     print(dump(config, redact_secrets=True))
@@ -159,10 +180,16 @@ def check_config(path: str | None, *, open_device: bool) -> int:
     return EX_OK
 
 
-def _device_problems(config: Config) -> list[str]:
-    """Open the device as ``dgd run`` would and check it delivers the configured format."""
+def _device_problems(config: Config) -> tuple[list[str], bool]:
+    """Open the device as ``dgd run`` would: `dgd.daemon.capture.open_pcm` also refuses one
+    that does not deliver the configured format (S16_LE, audio.rate, audio.channels).
+
+    Returns:
+        The problems, and whether the device is absent right now (missing or unplugged:
+        ``dgd run`` waits for it). A device in the wrong format is never merely absent.
+    """
     from dgd.core.pipeline import pcm_format
-    from dgd.daemon.capture import DeviceError, read_periods
+    from dgd.daemon.capture import DeviceError, DeviceProblem, read_periods
     from dgd.tools.devices import DeviceTimeout, open_with_timeout
 
     audio = config.audio
@@ -170,36 +197,30 @@ def _device_problems(config: Config) -> list[str]:
     try:
         pcm = open_with_timeout(audio.device, fmt, 2.0, read_periods(fmt, config.stream.frame_ms))
     except DeviceError as exc:
-        return [f"audio.device: {exc}"]
+        absent = exc.problem in (DeviceProblem.MISSING, DeviceProblem.UNPLUGGED)
+        return [f"audio.device: {exc}"], absent
     except DeviceTimeout:
-        return [f'audio.device: "{audio.device}" did not answer within 2 s (busy or hung?)']
-    try:
-        info = pcm.info()
-    finally:
-        pcm.close()
-    got = (info.get("rate"), info.get("channels"))
-    if got != (audio.rate, audio.channels):
-        # hw: devices may substitute the nearest format they have instead of failing.
-        return [
-            f'audio.device: "{audio.device}" opens at {got[0]} Hz, {got[1]} channel(s), not '
-            f"audio.rate = {audio.rate} and audio.channels = {audio.channels}; use a "
-            f'"plughw:" name (ALSA converts) or set [audio] to what `dgd devices` lists'
-        ]
-    return []
+        return [f'audio.device: "{audio.device}" did not answer within 2 s (busy or hung?)'], False
+    pcm.close()
+    return [], False
 
 
 def run(path: str | None, log_target: str, log_level: str | None) -> int:
     """``dgd run``: the daemon in the foreground until SIGTERM/SIGINT."""
     import trio
 
-    from dgd.core.config import ApiKey, ConfigError, LogLevel
+    from dgd.core.config import API_KEY_ENV, ApiKey, ConfigError, LogLevel
     from dgd.daemon import logsetup
     from dgd.daemon.configfile import load, load_api_key
 
+    # Before the key is read: no core dump may ever hold it (a failure is logged, not fatal).
+    logsetup.forbid_core_dumps()
     config_path = _config_path(path)
+    # Where the key is looked up, also on reload: $DEEPGRAM_API_KEY leaves os.environ below.
+    key_environ = dict(os.environ)
     try:
         config = load(config_path)
-        key, warnings = load_api_key(config.deepgram, os.environ)
+        key, warnings = load_api_key(config.deepgram, key_environ)
     except ConfigError as exc:
         logsetup.setup(log_target, LogLevel.INFO, os.environ)
         logsetup.event(
@@ -210,43 +231,58 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
             level=logging.ERROR,
         )
         return EX_CONFIG
+    logsetup.register_secrets(key.value, config.deepgram.query)
+    logsetup.remove_from_environment(API_KEY_ENV)
     level = LogLevel(log_level) if log_level else config.log.level
     chosen = logsetup.setup(log_target, level, os.environ)
     if chosen == "journal":
         logsetup.capture_stderr()
-    logsetup.SECRETS.set_secrets(key.value)
     for warning in warnings:
         logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
 
     def reload() -> tuple[Config, ApiKey]:
         new_config = load(config_path)
-        new_key, new_warnings = load_api_key(new_config.deepgram, os.environ)
-        logsetup.SECRETS.set_secrets(key.value, new_key.value)
+        new_key, new_warnings = load_api_key(new_config.deepgram, key_environ)
+        logsetup.register_secrets(new_key.value, new_config.deepgram.query)
         for warning in new_warnings:
             logsetup.event("config_warning", "%s", warning, level=logging.WARNING)
         return new_config, new_key
 
     from dgd.daemon.app import Daemon
     from dgd.daemon.sdnotify import Notifier
-    from dgd.daemon.sinks import TranscriptSinks
+    from dgd.daemon.sinks import JOURNAL_SOCKET, TranscriptSinks
 
     # Always at hand: output.journald may be switched on by a reload.
     journal_send = logsetup.journal_module().send
     notifier = Notifier(os.environ)
-    sinks = TranscriptSinks(config.output, journal_send, echo_to_log=chosen == "stderr")
-    daemon = Daemon(
-        config,
-        key,
-        notifier=notifier,
-        reload_config=reload,
-        sinks=sinks,
-        signals_before_start=_early_reload,
+    sinks = TranscriptSinks(
+        config.output, journal_send, echo_to_log=chosen == "stderr", journal_socket=JOURNAL_SOCKET
     )
     try:
+        daemon = Daemon(
+            config,
+            key,
+            notifier=notifier,
+            reload_config=reload,
+            sinks=sinks,
+            signals_before_start=_early_reload,
+        )
         trio.run(daemon.run, restrict_keyboard_interrupt_to_checkpoints=True)
     except KeyboardInterrupt:
         return EX_OK
-    except Exception:
+    except Exception as exc:
+        config_error = config_error_in(exc)
+        if config_error is not None:
+            # Validation should have caught it at start-up; still a config error, not a crash:
+            # exit 78, which systemd does not restart.
+            logsetup.event(
+                "config_error",
+                "%s: invalid configuration, stopping:\n%s",
+                config_path,
+                config_error,
+                level=logging.ERROR,
+            )
+            return EX_CONFIG
         log.exception(
             "dgd stopped on an unexpected error; please report it",
             extra={"DGD_EVENT": "crashed"},
@@ -256,3 +292,29 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
         sinks.close()
         notifier.close()
     return EX_OK
+
+
+def config_error_in(exc: BaseException) -> ConfigError | None:
+    """The ConfigError that ``exc`` is, or that is all an exception group holds, else None.
+
+    trio wraps what a task raises in an ExceptionGroup, so a ConfigError from inside the daemon
+    reaches ``run`` as one.
+    """
+    from dgd.core.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return exc
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    matched, rest = exc.split(ConfigError)
+    if matched is None or rest is not None:
+        return None
+    problems: list[str] = []
+    pending: list[BaseException] = [matched]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending[:0] = item.exceptions
+        elif isinstance(item, ConfigError):
+            problems.extend(item.problems)
+    return ConfigError(problems)

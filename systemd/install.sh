@@ -66,6 +66,7 @@ fi
 [ -f "$repo/pyproject.toml" ] && [ -d "$repo/dgd" ] ||
     die "$repo is not a dgd source tree (no pyproject.toml or dgd/); pass the checkout as REPO"
 [ -f "$repo/etc/dgd.toml" ] || die "the example config $repo/etc/dgd.toml is missing"
+[ -f "$repo/etc/logrotate.d/dgd" ] || die "the logrotate snippet $repo/etc/logrotate.d/dgd is missing"
 [ -x "$python" ] || die "no Python interpreter at $python; install python3 or pass --python PATH"
 
 venv=$root/opt/dgd
@@ -138,6 +139,15 @@ if [ -e "$config" ]; then
 else
     install -m 0644 "$repo/etc/dgd.toml" "$config"
     echo "installed the example config as /etc/dgd.toml"
+fi
+
+# logrotate for output.jsonl (a no-op while that file does not exist); an edited one is kept.
+logrotate=$root/etc/logrotate.d/dgd
+install -d -m 0755 "$root/etc/logrotate.d"
+if [ -e "$logrotate" ] && ! cmp -s "$repo/etc/logrotate.d/dgd" "$logrotate"; then
+    echo "kept existing /etc/logrotate.d/dgd (yours differs from $repo/etc/logrotate.d/dgd)"
+else
+    install -m 0644 "$repo/etc/logrotate.d/dgd" "$logrotate"
 fi
 
 install -d -m 0755 "$keydir"

@@ -28,6 +28,7 @@ PURE_STDLIB = frozenset(
         "difflib",
         "enum",
         "http",  # HTTPStatus phrases only
+        "ipaddress",  # parsing addresses (deepgram.url's IPv6 literal)
         "json",
         "math",
         "operator",

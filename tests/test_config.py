@@ -4,15 +4,21 @@ dgd.daemon.configfile (the file and the API key), and etc/dgd.toml."""
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+import h11
 import pytest
+import trio_websocket._impl
 
+from dgd.core import tomltext
 from dgd.core.config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_QUERY,
+    MAX_CLOSE_TIMEOUT_S,
+    UNIT_STOP_TIMEOUT_S,
     ApiKey,
     AudioConfig,
     Config,
@@ -269,7 +275,7 @@ BAD: list[tuple[str, tuple[str, ...]]] = [
     ),
     (
         "[stream]\nclose_timeout_s = false\n",
-        ("stream.close_timeout_s: must be a number between 0.5 and 60.0 (got false)",),
+        ("stream.close_timeout_s: must be a number between 0.5 and 15.0 (got false)",),
     ),
     ("[output]\njournald = 1\n", ("output.journald: must be true or false (got 1)",)),
     ('[output]\ninterim = "yes"\n', ('output.interim: must be true or false (got "yes")',)),
@@ -420,6 +426,176 @@ def test_bad_config(text: str, expected: tuple[str, ...]) -> None:
     assert problems(text) == expected
 
 
+# ---------------------------------------------------------------- what `dgd run` would fail on
+
+URL_RULE_ASCII: str = (
+    "deepgram.url: must be printable ASCII without spaces (percent-encode the path, write an"
+    " international host name in its xn-- form)"
+)
+URL_IPV6_EXAMPLE: str = "e.g. ws://[::1]:8765/v1/listen"
+URL_BRACKETS: str = (
+    f"deepgram.url: unbalanced [ ]: an IPv6 address is written in brackets, {URL_IPV6_EXAMPLE}"
+)
+URL_HOST_NAME: str = (
+    "is not a valid host name (letters, digits, - and _, in dot-separated labels of 1 to 63"
+    " characters)"
+)
+PORT_RULE: str = "deepgram.url: the port must be a whole number between 1 and 65535, not"
+#: Each URL here ended `dgd run` with a traceback at its first connection (trio-websocket's
+#: urllib.parse, h11 or the resolver's IDNA step raised) while check-config passed it.
+RUN_WOULD_FAIL: list[tuple[str, str]] = [
+    ("ws://127.0.0.1:99999/v1/listen", f"{PORT_RULE} 99999"),
+    ("ws://127.0.0.1:65536/v1/listen", f"{PORT_RULE} 65536"),
+    ("ws://127.0.0.1:0/v1/listen", f"{PORT_RULE} 0"),
+    ("ws://127.0.0.1:abc/v1/listen", f"{PORT_RULE} abc"),
+    ("ws://127.0.0.1:-1/v1/listen", f"{PORT_RULE} -1"),
+    ("ws://127.0.0.1:/v1/listen", f"{PORT_RULE} empty"),
+    ("ws://[::1]:70000/v1/listen", f"{PORT_RULE} 70000"),
+    ("ws://[::1/v1/listen", URL_BRACKETS),
+    ("ws://::1]/v1/listen", URL_BRACKETS),
+    ("ws://[::1]]/v1/listen", URL_BRACKETS),
+    ("ws://[[::1]/v1/listen", URL_BRACKETS),
+    (
+        "ws://[zz]/v1/listen",
+        f'deepgram.url: "zz" in [ ] is not an IPv6 address ({URL_IPV6_EXAMPLE})',
+    ),
+    (
+        "ws://[127.0.0.1]/v1/listen",
+        f'deepgram.url: "127.0.0.1" in [ ] is not an IPv6 address ({URL_IPV6_EXAMPLE})',
+    ),
+    ("ws://[::1]x/v1/listen", f"deepgram.url: only :port may follow ] ({URL_IPV6_EXAMPLE})"),
+    (
+        "ws://::1/v1/listen",
+        f"deepgram.url: an IPv6 address must be written in brackets, {URL_IPV6_EXAMPLE}",
+    ),
+    ("ws://:8765/v1/listen", "deepgram.url: must be a ws:// or wss:// URL with a host"),
+    ("ws://a..b/v1/listen", f'deepgram.url: "a..b" {URL_HOST_NAME}'),
+    ("ws://%41/v1/listen", f'deepgram.url: "%41" {URL_HOST_NAME}'),
+    (f"ws://{'a' * 64}.com/v1/listen", f'deepgram.url: "{"a" * 64}.com" {URL_HOST_NAME}'),
+    ("ws://h/v1/a b", f"{URL_RULE_ASCII}; character 12 is U+0020"),
+    ("ws://h/v1/listén", f'{URL_RULE_ASCII}; character 15 is "é" (U+00E9)'),
+    ("ws://bücher.example/v1/listen", f'{URL_RULE_ASCII}; character 7 is "ü" (U+00FC)'),
+    ("ws://h/v1/\u007f", f"{URL_RULE_ASCII}; character 11 is U+007F"),
+]
+#: And these are fine (the WebSocket client connects, or fails as a network error and retries).
+RUN_WOULD_CONNECT: list[str] = [
+    "wss://api.deepgram.com/v1/listen",
+    "ws://127.0.0.1:1/v1/listen",
+    "ws://127.0.0.1:65535/v1/listen",
+    "ws://[::1]:8765/v1/listen",
+    "ws://[::1]",
+    "ws://[fe80::1%eth0]:8765/v1/listen",
+    "ws://localhost./v1/listen",
+    "wss://api.eu.deepgram.com",
+    "ws://dgd_test-1.example:8765/v1/listen",
+    f"ws://{'a' * 63}.com/v1/listen",
+    "ws://h/v1/%7Elisten",
+]
+
+
+@pytest.mark.parametrize(("url", "expected"), RUN_WOULD_FAIL)
+def test_url_that_run_would_fail_on(url: str, expected: str) -> None:
+    text = f"[deepgram]\nurl = {tomltext.string(url)}\n"
+    assert problems(text) == (f"{expected} (got {tomltext.string(url)})",)
+
+
+@pytest.mark.parametrize("url", RUN_WOULD_CONNECT)
+def test_url_that_run_would_use(url: str) -> None:
+    assert parse({"deepgram": {"url": url}}).deepgram.url == url
+
+
+def websocket_client_refuses(url: str) -> bool:
+    """Whether the WebSocket stack would raise on ``url`` (not a network error): what
+    trio-websocket does with it (urllib.parse), the resolver's IDNA step, h11's request line."""
+    try:
+        host, _port, target, _ssl = trio_websocket._impl._url_to_host(url, None)
+        host.encode("idna")  # what socket.getaddrinfo does with a str host
+        h11.Request(method="GET", target=target, headers=[("Host", "h")])
+    except (ValueError, h11.LocalProtocolError):  # UnicodeError is a ValueError
+        return True
+    return False
+
+
+#: Refused although the client would take them: a host or port that can never be reached
+#: (a network error for ever), a port left out after ":", an international host name (dgd
+#: wants its xn-- form, which is what check-config can show unambiguously).
+STRICTER: frozenset[str] = frozenset(
+    {
+        "ws://%41/v1/listen",
+        "ws://[::1]x/v1/listen",
+        "ws://127.0.0.1:0/v1/listen",
+        "ws://127.0.0.1:/v1/listen",
+        "ws://bücher.example/v1/listen",
+    }
+)
+
+
+@pytest.mark.parametrize("url", [url for url, _ in RUN_WOULD_FAIL if url not in STRICTER])
+def test_the_urls_refused_do_break_the_websocket_client(url: str) -> None:
+    assert websocket_client_refuses(url)
+
+
+@pytest.mark.parametrize("url", RUN_WOULD_CONNECT)
+def test_the_urls_accepted_pass_the_websocket_client(url: str) -> None:
+    assert not websocket_client_refuses(url)
+
+
+#: (audio.rate, audio.channels, stream.replay_buffer_s, the problem or None)
+REPLAY_MEMORY: list[tuple[int, int, float, str | None]] = [
+    (16000, 1, 120, None),
+    (16000, 1, 2000, None),
+    (8000, 1, 3600, None),  # 57.6 MB
+    (48000, 2, 333, None),  # 63.9 MB
+    (
+        192000,
+        8,
+        3600,
+        "stream.replay_buffer_s: would take 11059.2 MB of memory (audio.rate 192000 Hz x"
+        " audio.channels 8 x 2 bytes x 3600 s); at most 64 MB is allowed, 20.8 s at this format"
+        " (got 3600)",
+    ),
+    (
+        48000,
+        2,
+        334,
+        "stream.replay_buffer_s: would take 64.2 MB of memory (audio.rate 48000 Hz x"
+        " audio.channels 2 x 2 bytes x 334 s); at most 64 MB is allowed, 333.3 s at this format"
+        " (got 334)",
+    ),
+    (
+        16000,
+        1,
+        3600,
+        "stream.replay_buffer_s: would take 115.2 MB of memory (audio.rate 16000 Hz x"
+        " audio.channels 1 x 2 bytes x 3600 s); at most 64 MB is allowed, 2000 s at this format"
+        " (got 3600)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rate", "channels", "replay_s", "problem"), REPLAY_MEMORY)
+def test_replay_buffer_memory_bound(
+    rate: int, channels: int, replay_s: float, problem: str | None
+) -> None:
+    data = {
+        "audio": {"rate": rate, "channels": channels},
+        "stream": {"replay_buffer_s": replay_s},
+    }
+    if problem is None:
+        assert parse(data).stream.replay_buffer_s * rate * channels * 2 <= 64e6
+    else:
+        with pytest.raises(ConfigError) as info:
+            parse(data)
+        assert info.value.problems == (problem,)
+
+
+def test_replay_buffer_memory_not_checked_against_a_bad_format() -> None:
+    # A bad rate is reported once, not again as a memory problem computed from it.
+    with pytest.raises(ConfigError) as info:
+        parse({"audio": {"rate": 400000}, "stream": {"replay_buffer_s": 3000}})
+    assert info.value.problems == ("audio.rate: must be <= 192000 (got 400000)",)
+
+
 def test_all_problems_reported_at_once() -> None:
     text = (
         "rate = 1\n"
@@ -485,10 +661,27 @@ BOUNDS: list[tuple[str, str, object, str | None]] = [
         " without data (got 9.01)",
     ),
     ("stream", "replay_buffer_s", 0, None),
-    ("stream", "replay_buffer_s", 3600, None),
+    ("stream", "replay_buffer_s", 2000, None),  # 64 MB at 16 kHz mono: the memory bound
     ("stream", "replay_buffer_s", -0.1, "stream.replay_buffer_s: must be >= 0.0 (got -0.1)"),
     ("stream", "replay_buffer_s", 3600.5, "stream.replay_buffer_s: must be <= 3600.0 (got 3600.5)"),
+    (
+        "stream",
+        "replay_buffer_s",
+        2000.1,
+        "stream.replay_buffer_s: would take 64.1 MB of memory (audio.rate 16000 Hz x"
+        " audio.channels 1 x 2 bytes x 2000.1 s); at most 64 MB is allowed, 2000 s at this format"
+        " (got 2000.1)",
+    ),
     ("stream", "close_timeout_s", 0.4, "stream.close_timeout_s: must be >= 0.5 (got 0.4)"),
+    ("stream", "close_timeout_s", 0.5, None),
+    ("stream", "close_timeout_s", 15, None),
+    (
+        "stream",
+        "close_timeout_s",
+        15.1,
+        "stream.close_timeout_s: must be <= 15.0; the shipped unit stops dgd after"
+        " TimeoutStopSec=20s, which must also cover releasing the device and exiting (got 15.1)",
+    ),
     ("stream", "connect_timeout_s", 121, "stream.connect_timeout_s: must be <= 120.0 (got 121)"),
     ("stream", "ping_timeout_s", 0, "stream.ping_timeout_s: must be >= 1.0 (got 0)"),
     ("stream", "backoff_initial_s", 0.1, None),
@@ -991,6 +1184,88 @@ def test_api_key_environment_with_spaces() -> None:
     assert info.value.problems == (
         "$DEEPGRAM_API_KEY: holds more than one word; set it to the key only",
     )
+
+
+KEY_CHARACTER_ADVICE: str = (
+    "which an HTTP header cannot carry; copy the key again (Deepgram keys are letters and"
+    " digits), e.g. from the Deepgram console"
+)
+#: (the key as found, the problem after "<source>: "): what the Authorization header
+#: (latin-1, no control characters) cannot carry; wsclient would raise at the first connect.
+BAD_KEY_CHARACTERS: list[tuple[str, str]] = [
+    (
+        "dg0123\u2019456",
+        f'character 7 of the key is "\u2019" (U+2019), RIGHT SINGLE QUOTATION MARK,'
+        f" {KEY_CHARACTER_ADVICE}",
+    ),
+    (
+        "\u201cdg0123456",
+        f'character 1 of the key is "\u201c" (U+201C), LEFT DOUBLE QUOTATION MARK,'
+        f" {KEY_CHARACTER_ADVICE}",
+    ),
+    (
+        "dg0123\u2013456",
+        f'character 7 of the key is "\u2013" (U+2013), EN DASH, {KEY_CHARACTER_ADVICE}',
+    ),
+    ("dg\x01abc", f"character 3 of the key is U+0001, a control character, {KEY_CHARACTER_ADVICE}"),
+    ("dgabc\x7f", f"character 6 of the key is U+007F, a control character, {KEY_CHARACTER_ADVICE}"),
+    ("dg\u200babc", f"character 3 of the key is U+200B, ZERO WIDTH SPACE, {KEY_CHARACTER_ADVICE}"),
+    ("dg\xadabc", f"character 3 of the key is U+00AD, SOFT HYPHEN, {KEY_CHARACTER_ADVICE}"),
+]
+#: Latin-1 printable characters do pass (the header carries them; Deepgram then says 401).
+GOOD_KEY_CHARACTERS: list[str] = [SECRET, "dg-\xe9\xff~!", "a"]
+
+
+@pytest.mark.parametrize(("key", "problem"), BAD_KEY_CHARACTERS)
+@pytest.mark.parametrize("source", ["file", "credential", "environment"])
+def test_api_key_characters_a_header_cannot_carry(
+    tmp_path: Path, source: str, key: str, problem: str
+) -> None:
+    if source == "file":
+        path = key_file(tmp_path, key + "\n")
+        cfg, environ = dg(str(path)), {}
+        where = f"deepgram.api_key_file: {path}"
+        suffix = ""
+    elif source == "credential":
+        path = key_file(tmp_path, key + "\n", name="deepgram-api-key")
+        cfg, environ = dg(), {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+        where = f"credential deepgram-api-key: {path}"
+        suffix = (
+            " (the shipped unit loads it from /etc/dgd/api-key: `sudoedit /etc/dgd/api-key`,"
+            " then `systemctl restart dgd`)"
+        )
+    else:
+        cfg, environ, where, suffix = dg(), {"DEEPGRAM_API_KEY": key}, "$DEEPGRAM_API_KEY", ""
+    with pytest.raises(ConfigError) as info:
+        load_api_key(cfg, environ)
+    assert info.value.problems == (f"{where}: {problem}{suffix}",)
+
+
+@pytest.mark.parametrize("key", GOOD_KEY_CHARACTERS)
+def test_api_key_characters_a_header_can_carry(key: str) -> None:
+    api_key, _ = load_api_key(dg(), {"DEEPGRAM_API_KEY": key})
+    assert api_key.value == key
+    header = ("Token " + key).encode("latin-1")
+    h11.Request(method="GET", target="/", headers=[(b"Host", b"h"), (b"Authorization", header)])
+
+
+def test_api_key_character_problem_never_shows_the_key(tmp_path: Path) -> None:
+    path = key_file(tmp_path, SECRET + "\u2019\n")
+    with pytest.raises(ConfigError) as info:
+        load_api_key(dg(str(path)), {})
+    assert SECRET not in str(info.value)
+    assert SECRET[:8] not in str(info.value)
+
+
+def test_close_timeout_bound_fits_the_shipped_units_stop_timeout() -> None:
+    unit = (REPO / "systemd" / "dgd.service").read_text()
+    [stop] = re.findall(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)
+    assert float(stop) == UNIT_STOP_TIMEOUT_S
+    # The 5 s left over cover stopping capture, releasing the device and the process exit.
+    assert MAX_CLOSE_TIMEOUT_S + 5 <= UNIT_STOP_TIMEOUT_S
+    parse({"stream": {"close_timeout_s": MAX_CLOSE_TIMEOUT_S}})
+    with pytest.raises(ConfigError):
+        parse({"stream": {"close_timeout_s": MAX_CLOSE_TIMEOUT_S + 0.1}})
 
 
 def test_api_key_never_shown() -> None:

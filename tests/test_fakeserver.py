@@ -25,9 +25,14 @@ import trio
 import trio.testing
 import trio_websocket
 
+from dgd.core.events import AudioFrame, TimedWord, Transcript
+from dgd.core.messages import Unrecognized
+from dgd.core.session import Confirmed, Session
 from dgd.testing.fakeserver import (
     DEFAULT_CLOSE_FAULT_REASON,
+    HOSTILE_KINDS,
     IDLE_CLOSE_REASON,
+    MALFORMED_KINDS,
     MODEL_UUID,
     Attempts,
     CloseAfterFault,
@@ -46,6 +51,7 @@ from dgd.testing.fakeserver import (
     parse_options,
     serve,
 )
+from dgd.testing.fakeserver.malformed import malformed_messages
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -519,6 +525,46 @@ def test_fault_plan_parses(text: str, expected: FaultPlan) -> None:
 
 
 @pytest.mark.parametrize(
+    ("kinds", "fault", "described"),
+    [
+        (None, MalformedFault(1.0, MALFORMED_KINDS), {"malformed_after_s": 1.0}),
+        (
+            ["huge_duration", "lone_surrogate", "invalid_json"],
+            MalformedFault(1.0, ("huge_duration", "lone_surrogate", "invalid_json")),
+            {
+                "malformed_after_s": 1.0,
+                "kinds": ["huge_duration", "lone_surrogate", "invalid_json"],
+            },
+        ),
+        (
+            list(HOSTILE_KINDS),
+            MalformedFault(1.0, HOSTILE_KINDS),
+            {"malformed_after_s": 1.0, "kinds": list(HOSTILE_KINDS)},
+        ),
+        (list(MALFORMED_KINDS), MalformedFault(1.0), {"malformed_after_s": 1.0}),
+    ],
+)
+def test_malformed_kinds_parse_and_describe(
+    kinds: list[str] | None, fault: MalformedFault, described: dict[str, object]
+) -> None:
+    rule: dict[str, object] = {"attempts": "all", "malformed_after_s": 1}
+    if kinds is not None:
+        rule["kinds"] = kinds
+    plan = FaultPlan.from_json(json.dumps([rule]))
+    assert plan.actions_for(1) == (fault,)
+    assert fault.describe() == described
+
+
+@pytest.mark.parametrize("kinds", ['"huge_duration"', "[]", '["nan"]', "[1]", "null"])
+def test_malformed_kinds_must_be_known(kinds: str) -> None:
+    with pytest.raises(FaultPlanError) as info:
+        FaultPlan.from_json(f'[{{"attempts": "all", "malformed_after_s": 1, "kinds": {kinds}}}]')
+    assert "rule 1: kinds: must be a non-empty list of invalid_json, unknown_type," in str(
+        info.value
+    )
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("{", "not valid JSON"),
@@ -668,6 +714,112 @@ async def test_malformed_sequence_then_normal() -> None:
         assert await next_json(ws) == results(
             0, len(audio), (0, len(audio)), rid, from_finalize=True
         )
+
+
+def hostile(kind: str, start: float, duration: float, word: tuple[float, float], rid: str) -> str:
+    """The hostile final of ``kind`` the server must send, computed independently (as JSON
+    text with sorted keys: NaN is not equal to itself, its JSON spelling is)."""
+    message = results(0, 0, None, rid)
+    message["start"], message["duration"] = start, duration
+    message["channel"]["alternatives"][0] = {
+        "transcript": f"[hostile {kind}]",
+        "confidence": 0.99,
+        "words": [
+            {
+                "word": "[hostile]",
+                "punctuated_word": "[hostile]",
+                "start": word[0],
+                "end": word[1],
+                "confidence": 0.99,
+            }
+        ],
+    }
+    return json.dumps(message, sort_keys=True)
+
+
+def test_malformed_messages_refuses_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="unknown malformed-message kind 'nan'"):
+        malformed_messages("nan", results(0, 0, None, "r"))
+
+
+async def test_hostile_kinds_then_a_spoiled_final_then_normal(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each hostile kind, in plan order, at the offset reached (0.3 s); then the next final
+    with a transcript carries a lone surrogate, and the one after it is normal again. Each
+    one, fed to dgd's own session, is rejected (or repaired) for the intended reason."""
+    rule = {"attempts": "all", "malformed_after_s": 1, "kinds": list(HOSTILE_KINDS)}
+    plan = FaultPlan.from_json(json.dumps([rule]))
+    audio = tone(300)
+    async with running_server(faults=plan) as base, connect(base) as ws:
+        rid = request_id_of(ws)
+        await ws.send_message(audio)
+        received = [await ws.get_message() for _ in range(len(HOSTILE_KINDS) - 1)]
+        await ws.send_message('{"type":"Finalize"}')
+        spoiled = await ws.get_message()
+        await ws.send_message(tone(100))
+        await ws.send_message('{"type":"Finalize"}')
+        after = await next_json(ws)
+    assert [json.dumps(json.loads(text), sort_keys=True) for text in received] == [
+        hostile("nan_time", math.nan, 0.0, (0.3, 0.3), rid),
+        hostile("negative_time", -1.0, 1.3, (0.3, 0.3), rid),
+        hostile("huge_start", 1e20, 0.0, (1e20, 1e20), rid),
+        hostile("huge_duration", 0.3, 1e9, (0.3, 0.3), rid),
+        hostile("beyond_sent", 0.3, 5.0, (4.8, 5.3), rid),
+        hostile("end_before_start", 0.3, -1.0, (0.3, 0.3), rid),
+        hostile("word_end_before_start", 0.3, 0.25, (0.55, 0.3), rid),
+        hostile("word_outside_result", 0.3, 0.0, (2.3, 2.8), rid),
+    ]
+    expected_spoiled = results(0, len(audio), (0, len(audio)), rid, from_finalize=True)
+    alternative = expected_spoiled["channel"]["alternatives"][0]
+    alternative["transcript"] = "[speech 0.30 s] \ud800"
+    alternative["words"][0]["punctuated_word"] = "[speech]\ud800"
+    assert json.loads(spoiled) == expected_spoiled
+    assert "\\ud800" in spoiled  # sent as the JSON escape: valid JSON, not Unicode text
+    assert after == results(
+        len(audio), len(audio) + 3200, (len(audio), len(audio) + 3200), rid, from_finalize=True
+    )
+
+    # What dgd makes of them, having sent the same 0.3 s.
+    session = Session(keepalive_interval_s=4.0, now=0.0)
+    session.send_audio(AudioFrame(audio, 1000.0, 0.3), 0.0)
+    beyond = "Results: time beyond the audio sent on this connection"
+    sent = "0.3 s sent"
+    words0 = "channel.alternatives[0].words[0]"
+    reasons = [
+        [e.reason if isinstance(e, Unrecognized) else repr(e) for e in session.receive(text)]
+        for text in received
+    ]
+    assert reasons == [
+        ["Results: field start is not a finite number"],
+        ["Results: negative time in field start: -1"],
+        [f"{beyond}: 1e+20 s, {sent}"],
+        [f"{beyond}: 1e+09 s, {sent}"],
+        [f"{beyond}: 5.3 s, {sent}"],
+        ["Results: end before start: field duration = -1"],
+        [f"Results: end before start: field {words0}.end = 0.3 < start 0.55"],
+        [f"Results: word outside its result: {words0} spans [2.3, 2.8] s, the result [0.3, 0.3] s"],
+    ]
+    assert session.receive(spoiled) == [
+        Unrecognized(
+            "Results: text is not valid Unicode: lone surrogates replaced by U+FFFD in "
+            f"channel.alternatives[0].transcript, {words0}.punctuated_word",
+            spoiled[:120],
+        ),
+        Transcript(
+            "[speech 0.30 s] \ufffd",
+            True,
+            False,
+            True,
+            0.99,
+            1000.0,
+            1000.3,
+            rid,
+            (TimedWord("[speech]\ufffd", 1000.0, 1000.3, 0.99),),
+        ),
+        Confirmed(0.3),
+    ]
+    assert session.statistics().unrecognized == len(HOSTILE_KINDS)
 
 
 # ----------------------------------------------------------------------------- recording

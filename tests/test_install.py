@@ -107,6 +107,7 @@ def mode(path: Path) -> int:
     [
         ("etc/systemd/system/dgd.service", 0o644),
         ("etc/dgd.toml", 0o644),
+        ("etc/logrotate.d/dgd", 0o644),
         ("etc/dgd", 0o755),
         ("etc/dgd/api-key", 0o600),
     ],

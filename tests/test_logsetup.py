@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import subprocess
 import sys
 import time
+import types
+import urllib.parse
 import uuid
 from typing import TYPE_CHECKING
 
 import pytest
 
+from dgd.core.config import LogLevel
+from dgd.daemon import logsetup
 from dgd.daemon.logsetup import (
     REDACTED,
     REPEAT_WINDOW_S,
@@ -20,6 +25,7 @@ from dgd.daemon.logsetup import (
     StderrFormatter,
     event,
     journal_available,
+    secret_forms,
 )
 from tests.harness import journal_entries, journald_fixture  # noqa: F401  (the fixture)
 
@@ -135,6 +141,330 @@ def test_set_secrets_replaces_the_previous_ones() -> None:
     f = secret_filter("old-secret")
     f.set_secrets("new-secret")
     assert f.scrub("old-secret new-secret") == f"old-secret {REDACTED}"
+
+
+# --- every part of a record, from any logger ---------------------------------------------
+
+TOKEN = "tok/en+se cret:42"  # a [deepgram.query] token; percent-encoded in the URL
+
+
+def _raise(text: str) -> logging._SysExcInfoType:
+    try:
+        raise ConnectionError(text)
+    except ConnectionError:
+        return sys.exc_info()
+
+
+def _chained(text: str) -> logging._SysExcInfoType:
+    try:
+        try:
+            raise KeyError(text)
+        except KeyError as inner:
+            raise RuntimeError("handshake failed") from inner
+    except RuntimeError:
+        return sys.exc_info()
+
+
+# (where the secret is, how the foreign logger's record is built, the secret's spelling)
+FOREIGN_CASES = [
+    pytest.param({"msg": f"Authorization: Token {SECRET}"}, SECRET, id="msg"),
+    pytest.param(
+        {"msg": "headers %r", "args": ([(b"Authorization", SECRET.encode())],)},
+        SECRET,
+        id="args-bytes-repr",
+    ),
+    pytest.param(
+        {"msg": "%(url)s", "args": {"url": f"wss://h/?key={SECRET}"}}, SECRET, id="args-mapping"
+    ),
+    pytest.param(
+        {
+            "msg": "Connecting to ws://h:80%s",
+            "args": ("/v1/listen?token=" + urllib.parse.quote(TOKEN, safe=""),),
+        },
+        urllib.parse.quote(TOKEN, safe=""),
+        id="args-percent-encoded",
+    ),
+    pytest.param({"msg": "token %s", "args": (TOKEN,)}, TOKEN, id="args-raw-token"),
+    pytest.param(
+        {"msg": "connect failed", "exc_info": _raise(f"bad key {SECRET}")},
+        SECRET,
+        id="exception-message",
+    ),
+    pytest.param(
+        {"msg": "connect failed", "exc_info": _chained(TOKEN)}, TOKEN, id="exception-cause"
+    ),
+    pytest.param(
+        {"msg": "connect failed", "exc_text": f"Traceback ...\nError: {SECRET}"},
+        SECRET,
+        id="exc-text-rendered-earlier",
+    ),
+    pytest.param(
+        {"msg": "here", "stack_info": f"Stack (most recent call last):\n  k={SECRET}"},
+        SECRET,
+        id="stack-info",
+    ),
+    pytest.param({"msg": "bad format %d", "args": (SECRET,)}, SECRET, id="unrenderable"),
+    pytest.param({"msg": ValueError(f"an object as msg: {SECRET}")}, SECRET, id="object-msg"),
+    pytest.param({"msg": "x", "DGD_HEADERS": [("Authorization", SECRET)]}, SECRET, id="field-list"),
+    pytest.param({"msg": "x", "DGD_RAW": f"k={SECRET}".encode()}, SECRET, id="field-bytes"),
+]
+
+
+def foreign_record(parts: dict[str, object]) -> logging.LogRecord:
+    rec = logging.LogRecord(
+        "trio-websocket", logging.DEBUG, "/lib/_impl.py", 7, parts.pop("msg"), None, None
+    )
+    for key, value in parts.items():
+        setattr(rec, key, value)
+    return rec
+
+
+def everything_printed(rec: logging.LogRecord) -> str:
+    """All a handler could print or send: both formatters and every attribute's str()."""
+    try:
+        text = [logging.Formatter().format(rec), StderrFormatter().format(rec)]
+    except TypeError:  # a bad format string: a handler would print msg and args
+        text = [f"{rec.msg!s} {rec.args!s}"]
+    text += [f"{key}={value!s}" for key, value in vars(rec).items()]
+    return "\n".join(text)
+
+
+@pytest.mark.parametrize(("parts", "spelling"), FOREIGN_CASES)
+def test_a_foreign_record_is_scrubbed_everywhere(parts: dict[str, object], spelling: str) -> None:
+    rec = foreign_record(dict(parts))
+    assert spelling in everything_printed(foreign_record(dict(parts)))  # it would leak ...
+    f = SecretFilter()
+    f.add_secrets(SECRET, TOKEN)
+    assert f.filter(rec) is True
+    printed = everything_printed(rec)
+    assert spelling not in printed  # ... and does not
+    assert REDACTED in printed
+    assert rec.args is None
+    assert rec.exc_info is None
+
+
+def test_the_traceback_stays_readable() -> None:
+    rec = foreign_record({"msg": "connect failed", "exc_info": _chained(TOKEN)})
+    secret_filter(TOKEN).filter(rec)
+    message = rec.getMessage()
+    assert message.startswith("connect failed\nTraceback (most recent call last):")
+    assert f"KeyError: '{REDACTED}'" in message
+    assert "The above exception was the direct cause" in message
+    assert message.endswith("RuntimeError: handshake failed")
+
+
+@pytest.mark.parametrize(
+    ("secret", "forms"),
+    [
+        ("abcd1234", {"abcd1234"}),
+        ("a/b c+d", {"a/b c+d", "a%2Fb%20c%2Bd", "a/b%20c%2Bd", "a%2Fb+c%2Bd"}),
+        ("it's\\", {"it's\\", "it%27s%5C", "it's\\\\"}),
+        ("abc", set()),
+    ],
+)
+def test_secret_forms(secret: str, forms: set[str]) -> None:
+    assert secret_forms(secret) == forms
+
+
+def test_add_secrets_keeps_the_earlier_ones() -> None:
+    f = secret_filter("first-key")
+    f.add_secrets("second-key")
+    assert f.scrub("first-key second-key") == f"{REDACTED} {REDACTED}"
+    assert f.secrets == ("second-key", "first-key")  # longest first, then by text
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> SecretFilter:
+    fresh = SecretFilter()
+    monkeypatch.setattr(logsetup, "SECRETS", fresh)
+    return fresh
+
+
+@pytest.mark.parametrize(
+    ("query", "scrubbed", "kept"),
+    [
+        ((("token", "tok-1234"),), ["tok-1234"], []),
+        ((("Access_Token", "acc-1234"), ("apikey", "api-1234")), ["acc-1234", "api-1234"], []),
+        ((("key", "k-123456"), ("api_key", "ak-12345")), ["k-123456", "ak-12345"], []),
+        ((("model", "nova-3"), ("keyterm", "Deepgram")), [], ["nova-3", "Deepgram"]),
+        ((), [], []),
+    ],
+)
+def test_register_secrets_takes_the_key_and_secret_query_values(
+    registered: SecretFilter,
+    query: tuple[tuple[str, str], ...],
+    scrubbed: list[str],
+    kept: list[str],
+) -> None:
+    logsetup.register_secrets(SECRET, query)
+    for value in [SECRET, *scrubbed]:
+        assert registered.scrub(f"<{value}>") == f"<{REDACTED}>"
+    for value in kept:
+        assert registered.scrub(value) == value
+
+
+def test_register_secrets_on_reload_keeps_the_old_key(registered: SecretFilter) -> None:
+    logsetup.register_secrets("old-key-1", (("token", "old-token"),))
+    logsetup.register_secrets("new-key-2", (("token", "new-token"),))
+    text = "old-key-1 old-token new-key-2 new-token"
+    assert registered.scrub(text) == " ".join([REDACTED] * 4)
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    dgd_level = logging.getLogger("dgd").level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("dgd").setLevel(dgd_level)
+
+
+LIBRARIES = ["trio-websocket", "wsproto", "urllib3.connectionpool", "some.other.library"]
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_setup_stderr_scrubs_library_debug_lines(
+    library: str, registered: SecretFilter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logsetup.register_secrets(SECRET, (("token", TOKEN),))
+    assert logsetup.setup("stderr", LogLevel.DEBUG, {}) == "stderr"
+    foreign = logging.getLogger(library)
+    encoded = urllib.parse.quote(TOKEN, safe="")
+    foreign.debug("Connecting to ws://h:80%s", f"/v1/listen?token={encoded}&x=1")
+    foreign.debug("headers %r", [(b"authorization", f"Token {SECRET}".encode())])
+    try:
+        raise OSError(f"refused: {SECRET}")
+    except OSError:
+        foreign.debug("failed", exc_info=True, stack_info=True)
+    err = capsys.readouterr().err
+    assert "Connecting to ws://h:80/v1/listen?token=<redacted>&x=1" in err
+    assert "Traceback (most recent call last):" in err
+    assert f"OSError: refused: {REDACTED}" in err
+    for spelling in (SECRET, TOKEN, encoded):
+        assert spelling not in err
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_setup_journal_sends_no_secret_in_any_field(
+    registered: SecretFilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What journald's handler sends (MESSAGE, CODE_ARGS, EXCEPTION_INFO, EXCEPTION_TEXT,
+    every record attribute) holds no secret; without the filter it would."""
+    journal = logsetup.journal_module()
+    sent: list[dict[str, object]] = []
+
+    def send(text: str, /, **fields: object) -> None:
+        sent.append({"MESSAGE": text, **fields})
+
+    fake = types.SimpleNamespace(
+        JournalHandler=lambda **kw: journal.JournalHandler(sender_function=send, **kw)
+    )
+    monkeypatch.setattr(logsetup, "journal_module", lambda: fake)
+    assert logsetup.setup("journal", LogLevel.DEBUG, {}) == "journal"
+    foreign = logging.getLogger("trio-websocket")
+
+    def log_all() -> None:
+        foreign.debug("sending %r", f"Token {SECRET}")
+        try:
+            raise OSError(f"refused: {SECRET}")
+        except OSError:
+            foreign.warning("failed", exc_info=True, stack_info=True)
+
+    registered.set_secrets()  # first with no secret known: shows what would leak
+    log_all()
+    leaked = "\n".join(f"{k}={v}" for entry in sent for k, v in entry.items())
+    assert leaked.count(SECRET) >= 3, leaked  # MESSAGE, CODE_ARGS, EXCEPTION_INFO ...
+    sent.clear()
+    logsetup.register_secrets(SECRET)
+    log_all()
+    assert len(sent) == 2
+    text = "\n".join(f"{k}={v}" for entry in sent for k, v in entry.items())
+    assert SECRET not in text
+    assert f"MESSAGE=sending 'Token {REDACTED}'" in text
+    assert f"OSError: refused: {REDACTED}" in text
+    assert "Stack (most recent call last):" in text
+
+
+# --- no core dumps, no key in the environment ---------------------------------------------
+
+CHILD_DUMPABLE = """
+import ctypes, sys
+from dgd.daemon import logsetup
+libc = ctypes.CDLL(None)
+before = libc.prctl(logsetup.PR_GET_DUMPABLE, 0, 0, 0, 0)
+ok = logsetup.forbid_core_dumps()
+print(before, ok, libc.prctl(logsetup.PR_GET_DUMPABLE, 0, 0, 0, 0))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux only")
+def test_forbid_core_dumps_makes_the_process_not_dumpable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD_DUMPABLE], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["1", "True", "0"], result.stderr
+
+
+@pytest.mark.usefixtures("restore_root_logging")
+def test_forbid_core_dumps_failure_is_logged_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class NoPrctl:
+        def __init__(self, *_args: object, **_kwargs: object) -> None:
+            pass
+
+        def prctl(self, *_args: object) -> int:
+            ctypes.set_errno(1)
+            return -1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", NoPrctl)
+    assert logsetup.forbid_core_dumps() is False
+    logsetup.setup("stderr", LogLevel.INFO, {})
+    err = capsys.readouterr().err
+    assert "WARNING hardening: could not make the process non-dumpable" in err
+    assert "Operation not permitted" in err
+    logsetup.setup("stderr", LogLevel.INFO, {})
+    assert capsys.readouterr().err == ""  # logged once
+
+
+CHILD_ENVIRON = """
+import ctypes, os
+from dgd.daemon import logsetup
+libc = ctypes.CDLL(None)
+libc.getenv.restype = ctypes.c_char_p
+logsetup.remove_from_environment("DEEPGRAM_API_KEY")
+logsetup.remove_from_environment("NOT_SET_AT_ALL")
+with open("/proc/self/environ", "rb") as f:
+    block = f.read()
+print("environ", "DEEPGRAM_API_KEY" in os.environ, libc.getenv(b"DEEPGRAM_API_KEY"))
+print("block", b"DEEPGRAM_API_KEY" in block, b"%s" in block, b"KEEP_ME=1" in block)
+print("others", os.environ.get("KEEP_ME"), libc.getenv(b"KEEP_ME"))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="needs /proc")
+@pytest.mark.parametrize("remove", [True, False])
+def test_remove_from_environment_also_clears_proc_environ(remove: bool) -> None:
+    env = {**os.environ, "DEEPGRAM_API_KEY": SECRET, "KEEP_ME": "1"}
+    code = CHILD_ENVIRON.replace("%s", SECRET)
+    if not remove:  # the control: without it, the key is in all three places
+        code = code.replace('logsetup.remove_from_environment("DEEPGRAM_API_KEY")', "")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    expected = [
+        f"environ {not remove} {SECRET.encode() if not remove else None!r}",
+        f"block {not remove} {not remove} True",
+        "others 1 b'1'",
+    ]
+    assert result.stdout.splitlines() == expected, result.stderr
 
 
 # --- RepeatFilter ------------------------------------------------------------------------

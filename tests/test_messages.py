@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -14,7 +15,9 @@ from dgd.core.messages import (
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
     MAX_MESSAGE_BYTES,
+    WORD_TOLERANCE_S,
     Metadata,
+    Repaired,
     ServerMessage,
     SpeechStarted,
     TranscriptResult,
@@ -366,13 +369,228 @@ def test_malformed_message_reason(payload: str, reason: str) -> None:
     assert result.reason == reason
 
 
+# --- hostile content: bounded at the door -----------------------------------------------------
+
+#: The final sample as parsed; the hostile cases below are copies of it with one thing broken.
+FINAL = VALID_SAMPLES[0][1]
+assert isinstance(FINAL, TranscriptResult)
+WORD0 = f"{ALT}.words[0]"
+
+#: Times that cannot describe audio: rejected whole (no transcript, no confirmation), with the
+#: reason the log shows. The result spans [12.3, 13.76] s; its first word [12.38, 12.58] s.
+IMPOSSIBLE_TIMES: list[tuple[str, str]] = [
+    (results_with(start=-0.5), "Results: negative time in field start: -0.5"),
+    (results_with(start=-1e-9), "Results: negative time in field start: -1e-09"),
+    (results_with(duration=-1.46), "Results: end before start: field duration = -1.46"),
+    (results_with(start=float("nan")), "Results: field start is not a finite number"),
+    (results_with(duration=float("-inf")), "Results: field duration is not a finite number"),
+    (word_with(start=-1), f"Results: negative time in field {WORD0}.start: -1"),
+    (word_with(end=float("nan")), f"Results: field {WORD0}.end is not a finite number"),
+    (
+        word_with(end=12.3),
+        f"Results: end before start: field {WORD0}.end = 12.3 < start 12.38",
+    ),
+    (
+        word_with(start=11.7, end=11.79),
+        f"Results: word outside its result: {WORD0} spans [11.7, 11.79] s, "
+        "the result [12.3, 13.76] s",
+    ),
+    (
+        word_with(start=13.7, end=14.5),
+        f"Results: word outside its result: {WORD0} spans [13.7, 14.5] s, "
+        "the result [12.3, 13.76] s",
+    ),
+    (
+        # A result of no length: its first two words are within the tolerance, the third not.
+        results_with(duration=0.0),
+        f"Results: word outside its result: {ALT}.words[2] spans [12.7, 13.1] s, "
+        "the result [12.3, 12.3] s",
+    ),
+    (
+        '{"type":"UtteranceEnd","last_word_end":-0.5}',
+        "UtteranceEnd: negative time in field last_word_end: -0.5",
+    ),
+    (
+        '{"type":"SpeechStarted","timestamp":-2}',
+        "SpeechStarted: negative time in field timestamp: -2",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), IMPOSSIBLE_TIMES)
+def test_impossible_times_are_rejected(payload: str, reason: str) -> None:
+    assert parse_server_message(payload) == Unrecognized(reason, payload[:EXCERPT_CHARS])
+
+
+#: Times at the edge of what is accepted: parsed as they are. (How far beyond the audio sent
+#: a time may lie is the session's check: tests/test_session.py.)
+EDGE_TIMES: list[tuple[str, TranscriptResult]] = [
+    (
+        results_with(start=0, duration=0),
+        dataclasses.replace(FINAL, start_s=0.0, duration_s=0.0, words=()),
+    ),
+    (
+        word_with(start=12.3 - WORD_TOLERANCE_S + 0.125, end=12.3),
+        dataclasses.replace(FINAL, words=(Word("turn", 11.925, 12.3, 0.998, "Turn", None),)),
+    ),
+    (
+        word_with(start=12.5, end=12.5),  # a word of no length
+        dataclasses.replace(FINAL, words=(Word("turn", 12.5, 12.5, 0.998, "Turn", None),)),
+    ),
+    (
+        word_with(start=13.5, end=13.76 + WORD_TOLERANCE_S - 0.125),
+        dataclasses.replace(FINAL, words=(Word("turn", 13.5, 14.135, 0.998, "Turn", None),)),
+    ),
+    (
+        # An absurd time that is well-formed: only the session, which knows what was sent,
+        # can tell it is beyond the audio.
+        results_with(start=1e20),
+        dataclasses.replace(FINAL, start_s=1e20, words=()),
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "expected"), EDGE_TIMES)
+def test_edge_times_are_accepted(payload: str, expected: TranscriptResult) -> None:
+    document = json.loads(payload)
+    alternative = document["channel"]["alternatives"][0]
+    if len(expected.words) == 1:
+        alternative["words"] = alternative["words"][:1]
+    elif not expected.words:
+        alternative["words"] = []
+    assert parse_server_message(json.dumps(document)) == expected
+
+
+REPAIRED_PREFIX = "text is not valid Unicode: lone surrogates replaced by U+FFFD in"
+
+#: Text that is not valid Unicode (lone surrogates) is repaired with U+FFFD, field by field;
+#: the message is used, and the repair is reported.
+LONE_SURROGATES: list[tuple[str, ServerMessage]] = [
+    (
+        alternative_with(transcript="Turn the \ud800 light off."),
+        Repaired(
+            dataclasses.replace(FINAL, transcript="Turn the \ufffd light off."),
+            f"Results: {REPAIRED_PREFIX} {ALT}.transcript",
+            "",
+        ),
+    ),
+    (
+        word_with(word="\udfff", punctuated_word="T\ud83d\udc00\udbff"),
+        Repaired(
+            dataclasses.replace(
+                FINAL,
+                words=(
+                    Word("\ufffd", 12.38, 12.58, 0.998, "T\U0001f400\ufffd", None),
+                    *FINAL.words[1:],
+                ),
+            ),
+            f"Results: {REPAIRED_PREFIX} {WORD0}.word, {WORD0}.punctuated_word",
+            "",
+        ),
+    ),
+    (
+        results_with(metadata={"request_id": "\ud800req"}),
+        Repaired(
+            dataclasses.replace(FINAL, request_id="\ufffdreq"),
+            f"Results: {REPAIRED_PREFIX} metadata.request_id",
+            "",
+        ),
+    ),
+    (
+        json.dumps(
+            {
+                "type": "Results",
+                "start": 0,
+                "duration": 1,
+                "is_final": False,
+                "channel": {
+                    "alternatives": [
+                        {
+                            "transcript": "\ud800",
+                            "words": [
+                                {"word": "\ud800", "start": 0, "end": 1},
+                                {"word": "\ud800", "start": 0, "end": 1},
+                                {"word": "ok", "start": 0, "end": 1},
+                                {"word": "\ud800", "start": 0, "end": 1},
+                            ],
+                        }
+                    ]
+                },
+            }
+        ),
+        Repaired(
+            TranscriptResult(
+                "\ufffd",
+                0.0,
+                False,
+                False,
+                False,
+                0.0,
+                1.0,
+                (
+                    Word("\ufffd", 0.0, 1.0, 0.0, None, None),
+                    Word("\ufffd", 0.0, 1.0, 0.0, None, None),
+                    Word("ok", 0.0, 1.0, 0.0, None, None),
+                    Word("\ufffd", 0.0, 1.0, 0.0, None, None),
+                ),
+                "",
+                0,
+            ),
+            f"Results: {REPAIRED_PREFIX} {ALT}.transcript, {ALT}.words[0].word, "
+            f"{ALT}.words[1].word and 1 more",
+            "",
+        ),
+    ),
+    (
+        '{"type":"Metadata","request_id":"\\ud800","created":"2026\\udfff","sha256":"ab"}',
+        Repaired(
+            Metadata("\ufffd", 0.0, 0, "2026\ufffd", "ab"),
+            f"Metadata: {REPAIRED_PREFIX} request_id, created",
+            "",
+        ),
+    ),
+    # A surrogate pair escaped in JSON is one character; U+FFFD itself is valid text.
+    (
+        alternative_with(transcript="\ud83d\ude00 \ufffd"),
+        dataclasses.replace(FINAL, transcript="\U0001f600 \ufffd"),
+    ),
+    # A lone surrogate in a field dgd does not read needs no repair.
+    (
+        results_with(metadata={"request_id": "r", "model_info": {"name": "\ud800"}}),
+        dataclasses.replace(FINAL, request_id="r"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "expected"), LONE_SURROGATES)
+def test_lone_surrogates_are_repaired(payload: str, expected: ServerMessage) -> None:
+    if isinstance(expected, Repaired):
+        expected = dataclasses.replace(expected, excerpt=payload[:EXCERPT_CHARS])
+    assert parse_server_message(payload) == expected
+    # The same text in a binary frame (UTF-8) is repaired the same way.
+    assert parse_server_message(payload.encode("utf-8")) == expected
+
+
+def test_raw_lone_surrogate_in_text_is_repaired_and_the_excerpt_escaped() -> None:
+    # json.dumps(ensure_ascii=False) keeps the lone surrogate as a character: such a str
+    # cannot come from a UTF-8 decoder, but parsing must not care how it came to be.
+    payload = json.dumps(
+        {"type": "Metadata", "request_id": "\ud800"}, ensure_ascii=False, separators=(",", ":")
+    )
+    assert parse_server_message(payload) == Repaired(
+        Metadata("\ufffd", 0.0, 0, "", ""),
+        f"Metadata: {REPAIRED_PREFIX} request_id",
+        '{"type":"Metadata","request_id":"\\ud800"}',
+    )
+
+
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
         ('{"type":"Metadata"}', Metadata("", 0.0, 0, "", "")),
         ('{"type":"UtteranceEnd","last_word_end":2}', UtteranceEnd(2.0, 0)),
         ('{"type":"SpeechStarted","timestamp":0,"channel":[3,4]}', SpeechStarted(0.0, 3)),
-        ('{"type":"UtteranceEnd","last_word_end":-0.5,"channel":null}', UtteranceEnd(-0.5, 0)),
+        ('{"type":"UtteranceEnd","last_word_end":0.5,"channel":null}', UtteranceEnd(0.5, 0)),
         # Extra unknown fields are ignored; they appear as Deepgram adds features.
         ('{"type":"SpeechStarted","timestamp":1.5,"new_field":{"x":[1]}}', SpeechStarted(1.5, 0)),
         # JSON may escape anything; the parser sees the decoded text.
@@ -462,6 +680,7 @@ def test_large_plausible_results_is_parsed() -> None:
     ]
     document = json.loads(sample("results_final.json"))
     document["channel"]["alternatives"][0]["words"] = words
+    document["start"], document["duration"] = 0.0, 300.0  # the words lie within the result
     payload = json.dumps(document)
     assert len(payload) < MAX_MESSAGE_BYTES
     result = parse_server_message(payload)
@@ -491,7 +710,7 @@ def test_excerpt_is_printable_and_bounded(payload: str, excerpt: str) -> None:
 
 # --- fuzzing: nothing raises ----------------------------------------------------------------
 
-MESSAGE_TYPES = (TranscriptResult, UtteranceEnd, SpeechStarted, Metadata, Unrecognized)
+MESSAGE_TYPES = (TranscriptResult, UtteranceEnd, SpeechStarted, Metadata, Repaired, Unrecognized)
 
 
 def random_json_value(rng: random.Random, depth: int = 0) -> object:

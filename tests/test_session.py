@@ -16,18 +16,21 @@ import pytest
 from dgd.core.events import AudioFrame, TimedWord, Transcript
 from dgd.core.messages import (
     CLOSESTREAM_MESSAGE,
+    EXCERPT_CHARS,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
     Metadata,
     Unrecognized,
 )
 from dgd.core.session import (
+    SENT_TOLERANCE_S,
     Confirmed,
     DuplicateFilter,
     LocalProtocolError,
     Marker,
     ReplayPacer,
     Session,
+    SessionEvent,
     SessionState,
     SessionStatistics,
 )
@@ -494,6 +497,208 @@ def test_results_still_parse_while_closing() -> None:
     session = streaming_session()
     session.close_stream(102.0)
     assert session.receive(results("", start=0.0, duration=1.25)) == [Confirmed(1.25)]
+
+
+# --- hostile content: bounded at the door --------------------------------------------------
+
+#: The streaming session has sent 1.25 s; times up to 1.25 + SENT_TOLERANCE_S are accepted.
+LIMIT_S = 1.25 + SENT_TOLERANCE_S
+BEYOND = "time beyond the audio sent on this connection"
+REPAIRED = "text is not valid Unicode: lone surrogates replaced by U+FFFD in"
+ALT = "channel.alternatives[0]"
+
+
+def excerpt(payload: str) -> str:
+    return payload[:EXCERPT_CHARS]
+
+
+#: (payload, the events, (results, unrecognized) counted). Every payload is ASCII JSON, so its
+#: excerpt is its first EXCERPT_CHARS characters (marked "X" below and filled in by the test).
+X = Unrecognized("", "")
+HOSTILE: list[tuple[str, list[SessionEvent], tuple[int, int]]] = [
+    (
+        # The latest accepted end: padding up to the tolerance past the audio sent.
+        results("end", start=1.0, duration=LIMIT_S - 1.0),
+        [
+            Transcript("end", True, False, False, 0.875, 2000.5, 2001.75, "req-1", ()),
+            Confirmed(LIMIT_S),
+        ],
+        (1, 0),
+    ),
+    (
+        results("late", start=1.0, duration=LIMIT_S - 1.0 + 0.125),
+        [Unrecognized(f"Results: {BEYOND}: 2.375 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # start: 1e20 used to raise OverflowError when the sink formatted the time.
+        results("far", start=1e20, duration=0.5),
+        [Unrecognized(f"Results: {BEYOND}: 1e+20 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # duration: 1e9 used to push the duplicate filter's mark 31 years ahead.
+        results("long", start=0.0, duration=1e9),
+        [Unrecognized(f"Results: {BEYOND}: 1e+09 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # An empty final beyond the audio confirms nothing (it would release unsent audio).
+        results("", start=0.0, duration=1e9),
+        [Unrecognized(f"Results: {BEYOND}: 1e+09 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # A word within its result's tolerance but beyond the audio sent.
+        results("w", start=1.0, duration=1.25, words=[word("w", 1.5, 2.5, 0.5)]),
+        [Unrecognized(f"Results: {BEYOND}: 2.5 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # Two finite halves whose sum is not: still beyond.
+        results("inf", start=1e308, duration=1e308),
+        [Unrecognized(f"Results: {BEYOND}: inf s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        results("neg", start=-0.25, duration=0.5),
+        [Unrecognized("Results: negative time in field start: -0.25", "X")],
+        (0, 1),
+    ),
+    (
+        results("back", start=1.0, duration=-0.5),
+        [Unrecognized("Results: end before start: field duration = -0.5", "X")],
+        (0, 1),
+    ),
+    (
+        results("w", start=0.0, duration=1.0, words=[word("w", 0.5, 0.25, 0.5)]),
+        [
+            Unrecognized(
+                f"Results: end before start: field {ALT}.words[0].end = 0.25 < start 0.5", "X"
+            )
+        ],
+        (0, 1),
+    ),
+    (
+        results("w", start=0.0, duration=0.25, words=[word("w", 0.875, 1.0, 0.5)]),
+        [
+            Unrecognized(
+                f"Results: word outside its result: {ALT}.words[0] spans [0.875, 1] s, "
+                "the result [0, 0.25] s",
+                "X",
+            )
+        ],
+        (0, 1),
+    ),
+    (
+        json.dumps({"type": "UtteranceEnd", "channel": [0, 1], "last_word_end": 3.0}),
+        [Unrecognized(f"UtteranceEnd: {BEYOND}: 3 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        json.dumps({"type": "SpeechStarted", "channel": [0], "timestamp": LIMIT_S + 0.5}),
+        [Unrecognized(f"SpeechStarted: {BEYOND}: 2.75 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        # A lone surrogate used to raise UnicodeEncodeError in a sink: repaired, reported.
+        results("caf\ud800 ok", start=0.0, duration=0.5, words=[word("caf\udc00", 0, 0.5, 1)]),
+        [
+            Unrecognized(f"Results: {REPAIRED} {ALT}.transcript, {ALT}.words[0].word", "X"),
+            Transcript(
+                "caf\ufffd ok",
+                True,
+                False,
+                False,
+                0.875,
+                1000.0,
+                1000.5,
+                "req-1",
+                (TimedWord("caf\ufffd", 1000.0, 1000.5, 1.0),),
+            ),
+            Confirmed(0.5),
+        ],
+        (1, 1),
+    ),
+    (
+        # Repaired text does not save a result whose times are beyond the audio: one reason.
+        results("caf\ud800", start=0.0, duration=5.0),
+        [Unrecognized(f"Results: {BEYOND}: 5 s, 1.25 s sent", "X")],
+        (0, 1),
+    ),
+    (
+        results("x", start=0.0, duration=0.5, request_id="req-\udfff"),
+        [
+            Unrecognized(f"Results: {REPAIRED} metadata.request_id", "X"),
+            Transcript("x", True, False, False, 0.875, 1000.0, 1000.5, "req-\ufffd", ()),
+            Confirmed(0.5),
+        ],
+        (1, 1),
+    ),
+    (
+        json.dumps({"type": "Metadata", "request_id": "\ud800", "duration": 1e9}),
+        [
+            Unrecognized(f"Metadata: {REPAIRED} request_id", "X"),
+            Metadata("\ufffd", 1e9, 0, "", ""),
+        ],
+        (0, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "expected", "counted"), HOSTILE)
+def test_hostile_content_is_rejected_or_repaired(
+    payload: str, expected: list[SessionEvent], counted: tuple[int, int]
+) -> None:
+    session = streaming_session()
+    wanted = [
+        Unrecognized(e.reason, excerpt(payload))
+        if isinstance(e, Unrecognized) and e.excerpt == "X"
+        else e
+        for e in expected
+    ]
+    assert session.receive(payload) == wanted
+    statistics = session.statistics()
+    assert (statistics.results, statistics.unrecognized) == counted
+    assert session.state is SessionState.OPEN
+
+
+def test_hostile_content_before_any_audio_is_beyond_it() -> None:
+    session = new_session()
+    payload = results("", start=0.0, duration=SENT_TOLERANCE_S + 0.25)
+    assert session.receive(payload) == [
+        Unrecognized(f"Results: {BEYOND}: 1.25 s, 0 s sent", excerpt(payload))
+    ]
+    assert session.statistics() == SessionStatistics(unrecognized=1)
+
+
+def test_hostile_results_never_poison_later_ones() -> None:
+    """A stream of broken results between good ones: only the good ones reach the duplicate
+    filter, each is accepted once, and only good finals confirm audio."""
+    session = streaming_session()
+    dedup = DuplicateFilter()
+    script = [
+        results("one", start=0.0, duration=0.25),
+        results("poison", start=0.0, duration=1e9),
+        results("overflow", start=1e20, duration=1.0),
+        results("nan", start=0.25, duration=0.25).replace('"start": 0.25', '"start": NaN'),
+        results("", start=0.25, duration=1e9),
+        results("two", start=0.25, duration=0.5),
+        results("two", start=0.25, duration=0.5),  # a true duplicate: still caught
+        results("three", start=0.75, duration=0.5),
+    ]
+    accepted: list[str] = []
+    confirmed: list[float] = []
+    for payload in script:
+        for item in session.receive(payload):
+            if isinstance(item, Transcript) and dedup.accept(item):
+                accepted.append(item.text)
+            elif isinstance(item, Confirmed):
+                confirmed.append(item.offset_s)
+    assert accepted == ["one", "two", "three"]
+    assert confirmed == [0.25, 0.75, 0.75, 1.25]
+    assert dedup.duplicates == 1
+    assert session.statistics() == SessionStatistics(sent_s=1.25, results=4, unrecognized=4)
 
 
 # --- DuplicateFilter ---------------------------------------------------------------------

@@ -6,24 +6,34 @@ JSON-lines file is a real file in ``tmp_path``.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import logging
+import os
+import resource
+import shutil
+import socket
+import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
 from dgd.core.config import OutputConfig
 from dgd.core.events import TimedWord, Transcript
+from dgd.daemon.logsetup import RepeatFilter
 from dgd.daemon.sinks import (
     PRIORITY_DEBUG,
     PRIORITY_INFO,
     TranscriptSinks,
     journal_fields,
+    jsonl_line,
     jsonl_record,
     rfc3339,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 T = 1_795_470_001.0  # 2026-11-23T21:40:01Z
@@ -280,7 +290,9 @@ def test_journal_oserror_is_survived_and_logged_once(
     errors = [r for r in caplog.records if getattr(r, "DGD_EVENT", None) == "sink_error"]
     assert len(errors) == 1
     assert errors[0].levelno == logging.ERROR
-    assert errors[0].getMessage() == "cannot write to journald: [Errno 111] Connection refused"
+    assert errors[0].getMessage() == (
+        "cannot write transcripts to journald: [Errno 111] Connection refused"
+    )
     # The JSON-lines copy went through both times, and the journal recovers.
     assert len(read_lines(path)) == 2
     sinks.emit(FINAL)
@@ -353,3 +365,320 @@ def test_close_is_idempotent(tmp_path: Path) -> None:
     sinks.close()
     sinks.close()
     assert len(read_lines(path)) == 1
+
+
+# --- failures stay in the sink (issue "Never lose a word") --------------------------------
+
+
+def sink_events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "DGD_EVENT", None) == name]
+
+
+@pytest.fixture(name="repeats")
+def repeats_fixture(caplog: pytest.LogCaptureFixture) -> Iterator[RepeatFilter]:
+    """caplog with the daemon's repeat filter on it (as every real log handler has), so
+    "logged once" is checked as the journal would show it."""
+    caplog.set_level(logging.INFO, logger="dgd")
+    repeats = RepeatFilter(clock=lambda: 0.0)
+    caplog.handler.addFilter(repeats)
+    yield repeats
+    caplog.handler.removeFilter(repeats)
+
+
+def set_immutable(path: Path, on: bool) -> None:
+    """Make a directory refuse new files, also to root (chattr +i), or allow them again."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+    else:
+        path.chmod(0o555 if on else 0o755)
+
+
+class FileSizeLimit:
+    """RLIMIT_FSIZE for this process: writes past ``limit`` bytes are short, then EFBIG (a
+    real partial write on a real file; Python ignores SIGXFSZ)."""
+
+    def __init__(self) -> None:
+        self.saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def set(self, limit: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, self.saved[1]))
+
+    def restore(self) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.saved)
+
+
+@dataclasses.dataclass
+class Failure:
+    """One way the JSONL file stops being writable: ``breaks`` it, ``heals`` it."""
+
+    name: str
+    breaks: Callable[[Path, FileSizeLimit], None]
+    heals: Callable[[Path, FileSizeLimit], None]
+    errno: int
+    expected_before: int  # lines in the file when it broke (the first write precedes it)
+
+
+def _ro_breaks(path: Path, _: FileSizeLimit) -> None:
+    path.unlink()  # the next write must create the file: in a directory that refuses it
+    set_immutable(path.parent, True)
+
+
+def _ro_heals(path: Path, _: FileSizeLimit) -> None:
+    set_immutable(path.parent, False)
+
+
+def _gone_breaks(path: Path, _: FileSizeLimit) -> None:
+    shutil.rmtree(path.parent)
+
+
+def _gone_heals(path: Path, _: FileSizeLimit) -> None:
+    path.parent.mkdir()
+
+
+def _full_breaks(path: Path, limit: FileSizeLimit) -> None:
+    limit.set(path.stat().st_size + 25)  # the next line gets 25 bytes in, then EFBIG
+
+
+def _full_heals(path: Path, limit: FileSizeLimit) -> None:
+    limit.restore()
+
+
+FAILURES = [
+    Failure("read-only directory", _ro_breaks, _ro_heals, errno.EPERM, 0),
+    Failure("directory deleted", _gone_breaks, _gone_heals, errno.ENOENT, 0),
+    Failure("disk full mid-line", _full_breaks, _full_heals, errno.EFBIG, 1),
+]
+
+
+@pytest.mark.parametrize("failure", FAILURES, ids=[f.name for f in FAILURES])
+def test_jsonl_failure_is_logged_once_journal_goes_on_and_writing_resumes(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    repeats: RepeatFilter,
+    failure: Failure,
+) -> None:
+    path = tmp_path / "out" / "t.jsonl"
+    journal = JournalRecorder()
+    sinks = TranscriptSinks(OutputConfig(jsonl=str(path)), journal, echo_to_log=False)
+    texts = [f"utterance {i}" for i in range(6)]
+    finals = [dataclasses.replace(FINAL, text=t) for t in texts]
+    limit = FileSizeLimit()
+    try:
+        sinks.emit(finals[0])
+        failure.breaks(path, limit)
+        for transcript in finals[1:4]:
+            sinks.emit(transcript)  # never raises
+        if failure.errno != errno.ENOENT:
+            on_disk = path.read_bytes() if path.exists() else b""
+            # Whole lines only: the partial line was taken back.
+            assert on_disk.count(b"\n") == failure.expected_before
+            assert on_disk.endswith(b"\n") or not on_disk
+    finally:
+        failure.heals(path, limit)
+    sinks.emit(finals[4])
+    sinks.emit(finals[5])
+    sinks.close()
+
+    assert [e["MESSAGE"] for e in journal.entries] == texts  # the journal got every one
+    errors = sink_events(caplog, "sink_error")
+    assert len(errors) == 1, [e.getMessage() for e in errors]
+    assert errors[0].levelno == logging.WARNING
+    message = errors[0].getMessage()
+    assert message.startswith(f"cannot write transcript to {path}: {os.strerror(failure.errno)}")
+    assert f"(errno {errno.errorcode[failure.errno]})" in message
+    resumed = sink_events(caplog, "sink_resumed")
+    assert [r.getMessage() for r in resumed] == [
+        f"writing transcripts to {path} again; 3 transcript(s) could not be written there "
+        "meanwhile (the journal has them)"
+    ]
+    lines = path.read_text("utf-8").splitlines(keepends=True)
+    assert all(line.endswith("\n") for line in lines)
+    kept = texts[:1] if failure.expected_before else []
+    assert [json.loads(line)["text"] for line in lines] == [*kept, *texts[4:]]
+    assert sinks.written == 6
+
+
+@dataclasses.dataclass
+class Rotation:
+    """What happens to the file between two transcripts, and whether dgd gets a SIGHUP."""
+
+    name: str
+    moves: Callable[[Path], None]
+    sighup: bool
+    new_file: bool  # the second transcript must land in a new file at the path
+
+
+def _rename(path: Path) -> None:
+    path.rename(path.with_name(path.name + ".1"))
+
+
+def _rename_and_create(path: Path) -> None:  # logrotate's `create`
+    _rename(path)
+    path.write_bytes(b"")
+
+
+ROTATIONS = [
+    Rotation("renamed, no SIGHUP", _rename, sighup=False, new_file=True),
+    Rotation("renamed + SIGHUP", _rename, sighup=True, new_file=True),
+    Rotation("renamed, new file created", _rename_and_create, sighup=False, new_file=True),
+    Rotation("deleted", lambda p: p.unlink(), sighup=False, new_file=True),
+    Rotation("untouched + SIGHUP", lambda p: None, sighup=True, new_file=False),
+    Rotation("untouched", lambda p: None, sighup=False, new_file=False),
+]
+
+
+@pytest.mark.parametrize("rotation", ROTATIONS, ids=[r.name for r in ROTATIONS])
+def test_jsonl_follows_the_path_after_rotation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, repeats: RepeatFilter, rotation: Rotation
+) -> None:
+    path = tmp_path / "t.jsonl"
+    sinks = TranscriptSinks(OutputConfig(journald=False, jsonl=str(path)), None, echo_to_log=False)
+    first, second = (dataclasses.replace(FINAL, text=t) for t in ("one", "two"))
+    sinks.emit(first)
+    rotation.moves(path)
+    if rotation.sighup:
+        sinks.reopen()
+    sinks.emit(second)
+    sinks.close()
+    rotated = path.with_name("t.jsonl.1")
+    texts = [r["text"] for r in read_lines(path)]
+    if rotation.new_file:
+        assert texts == ["two"]
+        if rotated.exists():
+            assert [r["text"] for r in read_lines(rotated)] == ["one"]
+    else:
+        assert texts == ["one", "two"]
+    assert not sink_events(caplog, "sink_error")
+
+
+def test_path_that_is_a_directory_then_a_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, repeats: RepeatFilter
+) -> None:
+    path = tmp_path / "t.jsonl"
+    path.mkdir()
+    sinks = TranscriptSinks(OutputConfig(journald=False, jsonl=str(path)), None, echo_to_log=False)
+    sinks.emit(FINAL)
+    sinks.emit(FINAL)
+    assert len(sink_events(caplog, "sink_error")) == 1
+    path.rmdir()
+    sinks.emit(FINAL)
+    sinks.close()
+    assert len(read_lines(path)) == 1
+    assert len(sink_events(caplog, "sink_resumed")) == 1
+
+
+class StrictJournal(JournalRecorder):
+    """Like systemd.journal.send: every value must encode as UTF-8."""
+
+    def __call__(self, MESSAGE: str, **fields: str) -> None:
+        for value in (MESSAGE, *fields.values()):
+            value.encode("utf-8")
+        super().__call__(MESSAGE, **fields)
+
+
+ODD = [
+    ("lone surrogate in the text", {"text": "caf\ud800e"}, True, True),
+    ("lone surrogate in a word", {"words": (TimedWord("\udcff", T, T + 1, 0.5),)}, True, True),
+    ("start beyond datetime", {"start_s": 1e20}, False, False),
+    ("start is NaN", {"start_s": float("nan")}, False, False),
+    ("word end is infinite", {"words": (TimedWord("x", T, float("inf"), 0.5),)}, True, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "in_journal", "in_jsonl"),
+    [case[1:] for case in ODD],
+    ids=[case[0] for case in ODD],
+)
+def test_emit_never_raises_on_odd_transcripts(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    repeats: RepeatFilter,
+    changes: dict[str, object],
+    in_journal: bool,
+    in_jsonl: bool,
+) -> None:
+    path = tmp_path / "t.jsonl"
+    journal = StrictJournal()
+    sinks = TranscriptSinks(OutputConfig(jsonl=str(path)), journal, echo_to_log=True)
+    odd = dataclasses.replace(FINAL, **changes)  # type: ignore[arg-type]
+    sinks.emit(odd)
+    sinks.emit(FINAL)  # and the next one goes through both
+    sinks.close()
+    assert len(journal.entries) == 1 + in_journal
+    assert journal.entries[-1]["MESSAGE"] == FINAL.text
+    lines = read_lines(path)  # every line is valid JSON
+    assert len(lines) == 1 + in_jsonl
+    assert lines[-1] == jsonl_record(FINAL)
+    if in_jsonl:
+        assert lines[0]["text"] == odd.text  # the surrogate survives, \\u-escaped
+    if not (in_journal and in_jsonl):
+        assert sink_events(caplog, "sink_error")
+
+
+def test_jsonl_line_is_one_whole_utf8_line() -> None:
+    line = jsonl_line(FINAL)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert json.loads(line) == jsonl_record(FINAL)
+    escaped = jsonl_line(dataclasses.replace(FINAL, text="a\ud800"))
+    assert b"\\ud800" in escaped
+
+
+@pytest.fixture(name="socket_path")
+def socket_path_fixture(tmp_path: Path) -> Path:
+    return tmp_path / "journal.socket"
+
+
+def bind_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    return sock
+
+
+@pytest.mark.parametrize("what_is_there", ["nothing", "a regular file"])
+def test_missing_journal_socket_is_reported_once_then_the_recovery(
+    tmp_path: Path,
+    socket_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    repeats: RepeatFilter,
+    what_is_there: str,
+) -> None:
+    # libsystemd returns success and drops the entry when the socket is missing: dgd looks.
+    if what_is_there == "a regular file":
+        socket_path.write_bytes(b"")
+    path = tmp_path / "t.jsonl"
+    journal = JournalRecorder()
+    sinks = TranscriptSinks(
+        OutputConfig(jsonl=str(path)), journal, echo_to_log=False, journal_socket=socket_path
+    )
+    sinks.emit(FINAL)
+    sinks.emit(FINAL)
+    errors = sink_events(caplog, "sink_error")
+    assert len(errors) == 1
+    assert errors[0].levelno == logging.ERROR
+    assert "journald's socket is missing" in errors[0].getMessage()
+    assert str(socket_path) in errors[0].getMessage()
+    assert len(read_lines(path)) == 2  # the JSONL copy went on
+    socket_path.unlink(missing_ok=True)
+    with bind_socket(socket_path):
+        sinks.emit(FINAL)
+    sinks.close()
+    assert len(journal.entries) == 1
+    resumed = sink_events(caplog, "sink_resumed")
+    assert [r.getMessage() for r in resumed] == [
+        "writing transcripts to journald again; 2 transcript(s) did not reach it"
+    ]
+
+
+def test_present_journal_socket_is_not_reported(
+    socket_path: Path, caplog: pytest.LogCaptureFixture, repeats: RepeatFilter
+) -> None:
+    journal = JournalRecorder()
+    with bind_socket(socket_path):
+        sinks = TranscriptSinks(
+            OutputConfig(), journal, echo_to_log=False, journal_socket=socket_path
+        )
+        sinks.emit(FINAL)
+    assert len(journal.entries) == 1
+    assert not sink_events(caplog, "sink_error")

@@ -24,6 +24,7 @@ RECORD = StatsRecord(
     transcripts=5,
     dropped_by_cause_s={"replay_buffer_full": 1.5},
     reconnects_by_cause={"closed-1011": 1},
+    unrecognized=2,
 )
 
 
@@ -41,6 +42,7 @@ def test_fields() -> None:
         "connects": 2,
         "duplicates": 0,
         "transcripts": 5,
+        "unrecognized": 2,
         "dropped_replay_buffer_full_s": "1.5",
         "reconnects_closed_1011": 1,
     }

@@ -102,6 +102,7 @@ def test_verify_is_silent(tmp_path: Path, unit_text: str) -> None:
         # 257 (Debian 13): "Failed to parse WatchdogSec=thirty, ignoring: Invalid argument".
         ("WatchdogSec=30s", "WatchdogSec=thirty", "thirty"),
         ("RestrictAddressFamilies=AF_UNIX ", "RestrictAddressFamilies=AF_BOGUS ", "AF_BOGUS"),
+        ("LimitCORE=0", "LimitCORE=lots", "lots"),
     ],
 )
 def test_verify_reports_a_broken_copy(
@@ -152,6 +153,7 @@ REQUIRED: Final[list[tuple[str, str, list[str]]]] = [
     ("Service", "RestartSec", ["2s"]),
     ("Service", "RestartPreventExitStatus", ["78"]),
     ("Service", "LoadCredential", ["deepgram-api-key:/etc/dgd/api-key"]),
+    ("Service", "LimitCORE", ["0"]),
     ("Service", "StateDirectory", ["dgd"]),
     ("Service", "SyslogIdentifier", ["dgd"]),
     ("Service", "Environment", ["PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"]),

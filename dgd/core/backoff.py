@@ -192,6 +192,9 @@ class RetryPolicy:
 DEVICE_RETRY_INITIAL_S: Final = 0.5
 #: ... doubling up to this: a replugged USB microphone is back within 10 s.
 DEVICE_RETRY_MAX_S: Final = 10.0
+#: A device that opens in the wrong format (a configuration problem) is tried again this
+#: often: it will not fix itself, but a replaced microphone or a reload may.
+DEVICE_MISCONFIGURED_RETRY_S: Final = 60.0
 
 
 class DeviceRetry:
@@ -205,8 +208,11 @@ class DeviceRetry:
         self.max_s = max_s
         self.next_s = initial_s
 
-    def failed(self) -> float:
-        """An attempt failed: the delay before the next one."""
+    def failed(self, *, misconfigured: bool = False) -> float:
+        """An attempt failed: the delay before the next one (``DEVICE_MISCONFIGURED_RETRY_S``
+        when the device is there but does not fit the configuration)."""
+        if misconfigured:
+            return DEVICE_MISCONFIGURED_RETRY_S
         delay_s = self.next_s
         self.next_s = min(self.max_s, self.next_s * 2)
         return delay_s

@@ -13,6 +13,7 @@ is in ``dgd.core.tomltext``).
 from __future__ import annotations
 
 import enum
+import ipaddress
 import math
 import re
 import tomllib
@@ -41,6 +42,16 @@ DEFAULT_QUERY: Final[tuple[tuple[str, str], ...]] = (
 )
 #: Deepgram closes a live stream after 10 s with neither audio nor a KeepAlive (NET-0001).
 DEEPGRAM_IDLE_TIMEOUT_S: Final = 10.0
+#: ``TimeoutStopSec=`` of the shipped unit (systemd/dgd.service; a test keeps them equal).
+UNIT_STOP_TIMEOUT_S: Final = 20.0
+#: The most ``stream.close_timeout_s`` may be: shutdown waits at most that long in all (capture
+#: stop, sending the held audio, the final results), and the 5 s left of the unit's stop timeout
+#: cover releasing the device and the process exit before systemd would SIGKILL dgd.
+MAX_CLOSE_TIMEOUT_S: Final = 15.0
+#: The most memory ``stream.replay_buffer_s`` may take (MB, 10**6 bytes): an eighth of a
+#: Raspberry Pi Zero 2 W's 512 MB; 2000 s of 16 kHz mono speech (the default takes 3.84 MB).
+MAX_REPLAY_BUFFER_MB: Final = 64
+SAMPLE_BYTES: Final = 2  # S16_LE
 
 _HEADER: Final = "# dgd configuration (every key; docs/CONFIG.md describes them)"
 _REDACTED_HEADER: Final = "# dgd effective configuration (defaults filled in; secrets redacted)"
@@ -216,18 +227,81 @@ def _url(table: Table) -> str:
     if "url" in table.bad:
         return url
     scheme, sep, rest = url.partition("://")
-    host = rest.split("/", 1)[0]
-    if "@" in host:
+    authority = rest.split("/", 1)[0]
+    if "@" in authority:
         # Never echo it: the part before "@" may well be a secret.
         table.problem("url", "must not contain credentials; use deepgram.api_key_file")
-    elif not sep or scheme not in ("ws", "wss") or not host:
+    elif not sep or scheme not in ("ws", "wss") or not authority:
         hint = ""
         if scheme in ("http", "https") and sep:
             hint = f"; for {scheme}:// use {'wss' if scheme == 'https' else 'ws'}://"
         table.problem("url", f"must be a ws:// or wss:// URL with a host{hint}", url)
     elif "?" in url or "#" in url:
         table.problem("url", "must not contain a query string; use [deepgram.query]", url)
+    else:
+        problem = _url_problem(url, authority)
+        if problem:
+            table.problem("url", problem, url)
     return url
+
+
+#: A host name's label (RFC 1123, and "_", which DNS allows and resolvers pass).
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
+_IPV6_EXAMPLE: Final = "e.g. ws://[::1]:8765/v1/listen"
+
+
+def _url_problem(url: str, authority: str) -> str:
+    """What in a ws(s):// URL the WebSocket client would fail on, or ``""``.
+
+    urllib.parse (which trio-websocket uses) raises on a port out of range or not a number and
+    on unbalanced brackets; h11 refuses a request target with spaces, control characters or
+    non-ASCII; the resolver's IDNA step refuses empty or over-long labels. Each would end
+    `dgd run` with a traceback at the first connection, so they are configuration errors.
+    """
+    for position, char in enumerate(url, 1):
+        if not "\x21" <= char <= "\x7e":
+            return (
+                "must be printable ASCII without spaces (percent-encode the path, write an"
+                f" international host name in its xn-- form); character {position} is"
+                f" {describe_char(char)}"
+            )
+    if authority.startswith("["):
+        literal, bracket, after = authority[1:].partition("]")
+        if not bracket or "[" in literal or "[" in after or "]" in after:
+            return f"unbalanced [ ]: an IPv6 address is written in brackets, {_IPV6_EXAMPLE}"
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return f"{tomltext.string(literal)} in [ ] is not an IPv6 address ({_IPV6_EXAMPLE})"
+        if after and not after.startswith(":"):
+            return f"only :port may follow ] ({_IPV6_EXAMPLE})"
+        port = after[1:] if after else None
+    elif "[" in authority or "]" in authority:
+        return f"unbalanced [ ]: an IPv6 address is written in brackets, {_IPV6_EXAMPLE}"
+    elif authority.count(":") > 1:
+        return f"an IPv6 address must be written in brackets, {_IPV6_EXAMPLE}"
+    else:
+        host, colon, after = authority.partition(":")
+        port = after if colon else None
+        if not host:
+            return "must be a ws:// or wss:// URL with a host"
+        labels = host.split(".")
+        if labels[-1] == "" and len(labels) > 1:
+            labels.pop()  # one trailing dot is the root: "localhost." is fine
+        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+            return (
+                f"{tomltext.string(host)} is not a valid host name (letters, digits, - and _,"
+                " in dot-separated labels of 1 to 63 characters)"
+            )
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        return f"the port must be a whole number between 1 and 65535, not {port or 'empty'}"
+    return ""
+
+
+def describe_char(char: str) -> str:
+    """A character as a message can show it: ``"’" (U+2019)``, or ``U+0009`` if invisible."""
+    code = f"U+{ord(char):04X}"
+    return f"{tomltext.string(char)} ({code})" if char.isprintable() and char != " " else code
 
 
 def _absolute_path(table: Table, key: str, what: str, *, show: bool = True) -> str:
@@ -305,7 +379,16 @@ def parse(data: Mapping[str, object]) -> Config:
     idle = f"; Deepgram closes the stream after {DEEPGRAM_IDLE_TIMEOUT_S:g} s without data"
     keepalive_s = st.number("keepalive_interval_s", d.stream.keepalive_interval_s, 0.5, 9.0, idle)
     replay_s = st.number("replay_buffer_s", d.stream.replay_buffer_s, 0.0, 3600.0)
-    close_s = st.number("close_timeout_s", d.stream.close_timeout_s, 0.5, 60.0)
+    if not (au.bad & {"rate", "channels"} or "replay_buffer_s" in st.bad):
+        _replay_memory(st, rate, channels, replay_s)
+    close_s = st.number(
+        "close_timeout_s",
+        d.stream.close_timeout_s,
+        0.5,
+        MAX_CLOSE_TIMEOUT_S,
+        above=f"; the shipped unit stops dgd after TimeoutStopSec={UNIT_STOP_TIMEOUT_S:g}s, which"
+        " must also cover releasing the device and exiting",
+    )
     connect_s = st.number("connect_timeout_s", d.stream.connect_timeout_s, 1.0, 120.0)
     ping_interval_s = st.number("ping_interval_s", d.stream.ping_interval_s, 1.0, 60.0)
     ping_timeout_s = st.number("ping_timeout_s", d.stream.ping_timeout_s, 1.0, 60.0)
@@ -362,6 +445,21 @@ def parse(data: Mapping[str, object]) -> Config:
         ),
         log=LogConfig(level=level),
     )
+
+
+def _replay_memory(table: Table, rate: int, channels: int, replay_s: float) -> None:
+    bytes_per_s = rate * channels * SAMPLE_BYTES
+    if bytes_per_s * replay_s > MAX_REPLAY_BUFFER_MB * 1e6:
+        # Rounded away from the bound, so that the message never shows "64.0 MB > 64 MB".
+        megabytes = math.ceil(round(bytes_per_s * replay_s / 1e5, 6)) / 10
+        most_s = math.floor(round(MAX_REPLAY_BUFFER_MB * 1e7 / bytes_per_s, 6)) / 10
+        table.problem(
+            "replay_buffer_s",
+            f"would take {megabytes:.1f} MB of memory (audio.rate {rate} Hz x audio.channels"
+            f" {channels} x {SAMPLE_BYTES} bytes x {replay_s:g} s); at most"
+            f" {MAX_REPLAY_BUFFER_MB} MB is allowed, {most_s:g} s at this format",
+            table.raw.get("replay_buffer_s"),
+        )
 
 
 def _threshold(table: Table) -> float | None:

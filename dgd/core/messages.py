@@ -3,15 +3,22 @@
 sends (``KeepAlive``, ``Finalize``, ``CloseStream``).
 
 Parsing never raises on remote content: anything malformed becomes an ``Unrecognized`` value
-whose ``reason`` says, in words, what was wrong. This module does no I/O. What belongs to the
+whose ``reason`` says, in words, what was wrong. Content is bounded at the door: times must be
+finite and non-negative, a result's words must lie within it and end after they start
+(``Unrecognized`` otherwise), and text that is not valid Unicode (a lone surrogate, which JSON
+can spell as ``"\\ud800"``) is repaired with U+FFFD and returned as ``Repaired``. Whether a
+time lies within the audio actually sent is the session's check (``dgd.core.session``), which
+knows how much was sent. This module does no I/O. What belongs to the
 connection rather than to a message (the URL, authentication, handshake rejections, close
 frames) is in ``dgd.core.connection``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,6 +41,15 @@ CLOSESTREAM_MESSAGE: Final = '{"type":"CloseStream"}'
 MAX_MESSAGE_BYTES: Final = 1 << 18
 #: Length of ``Unrecognized.excerpt``: enough to recognise the message in a log line.
 EXCERPT_CHARS: Final = 120
+#: How far a word may lie outside its result's span (seconds) before the result counts as
+#: inconsistent: room for rounding of the server's times, far less than a word.
+WORD_TOLERANCE_S: Final = 0.5
+#: What replaces each lone surrogate in text (U+FFFD REPLACEMENT CHARACTER).
+REPLACEMENT_CHARACTER: Final = "\ufffd"
+#: A UTF-16 surrogate code point. ``json.loads`` joins an escaped high-low pair into one
+#: character, and a UTF-8 decoder never produces one, so any that is left is lone: not
+#: Unicode text, and a ``UnicodeEncodeError`` in any sink that encodes it.
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 _JSON_TYPE_NAMES: Final[dict[type, str]] = {
     dict: "object",
@@ -147,14 +163,34 @@ class Unrecognized:
     excerpt: str
 
 
-ServerMessage = TranscriptResult | UtteranceEnd | SpeechStarted | Metadata | Unrecognized
+@dataclass(frozen=True, slots=True)
+class Repaired:
+    """A message that was understood once its text was repaired: every lone surrogate in the
+    fields dgd reads was replaced by U+FFFD. The times were valid, so the message is used;
+    the repair is reported (and counted) like an unrecognized message.
+
+    Attributes:
+        message: the message, repaired.
+        reason: what was repaired, in words, e.g. ``"Results: text is not valid Unicode: lone
+            surrogates replaced by U+FFFD in channel.alternatives[0].transcript"``.
+        excerpt: the first ``EXCERPT_CHARS`` characters of the message, printable.
+    """
+
+    message: TranscriptResult | Metadata
+    reason: str
+    excerpt: str
+
+
+ServerMessage = TranscriptResult | UtteranceEnd | SpeechStarted | Metadata | Repaired | Unrecognized
 
 
 class _Malformed(Exception):
-    """Internal: a field is missing or has the wrong type; carries the reason in words."""
+    """Internal: a field is missing, has the wrong type or an impossible value (a time that
+    is negative, an end before its start, a word outside its result); carries the reason."""
 
 
-def _excerpt(payload: str | bytes) -> str:
+def excerpt(payload: str | bytes) -> str:
+    """The first ``EXCERPT_CHARS`` characters of a message, safe to log on one line."""
     if isinstance(payload, bytes):
         payload = payload[: EXCERPT_CHARS * 4].decode("utf-8", errors="backslashreplace")
     return printable(payload[: EXCERPT_CHARS * 2], EXCERPT_CHARS)
@@ -207,6 +243,14 @@ def _as_number(value: object, path: str) -> float:
     return number
 
 
+def _as_time(value: object, path: str) -> float:
+    """A time or a duration in seconds of stream audio: a finite number, never negative."""
+    number = _as_number(value, path)
+    if number < 0:
+        raise _Malformed(f"negative time in field {path}: {number:g}")
+    return number
+
+
 def _optional(obj: dict[str, Any], key: str) -> object:
     """The value of an optional field; JSON null counts as absent."""
     return obj.get(key)
@@ -226,10 +270,14 @@ def _parse_word(value: object, path: str) -> Word:
     confidence = _optional(obj, "confidence")
     punctuated = _optional(obj, "punctuated_word")
     speaker = _optional(obj, "speaker")
+    start_s = _as_time(_field(obj, "start", f"{path}.start"), f"{path}.start")
+    end_s = _as_time(_field(obj, "end", f"{path}.end"), f"{path}.end")
+    if end_s < start_s:
+        raise _Malformed(f"end before start: field {path}.end = {end_s:g} < start {start_s:g}")
     return Word(
         word=_as_str(_field(obj, "word", f"{path}.word"), f"{path}.word"),
-        start_s=_as_number(_field(obj, "start", f"{path}.start"), f"{path}.start"),
-        end_s=_as_number(_field(obj, "end", f"{path}.end"), f"{path}.end"),
+        start_s=start_s,
+        end_s=end_s,
         confidence=0.0 if confidence is None else _as_number(confidence, f"{path}.confidence"),
         punctuated_word=None
         if punctuated is None
@@ -262,6 +310,17 @@ def _parse_results(obj: dict[str, Any]) -> TranscriptResult:
             _parse_word(word, f"{alt_path}.words[{index}]")
             for index, word in enumerate(words_value)
         )
+    start_s = _as_time(_field(obj, "start", "start"), "start")
+    duration_s = _as_number(_field(obj, "duration", "duration"), "duration")
+    if duration_s < 0:
+        raise _Malformed(f"end before start: field duration = {duration_s:g}")
+    end_s = start_s + duration_s
+    for index, word in enumerate(words):
+        if word.start_s < start_s - WORD_TOLERANCE_S or word.end_s > end_s + WORD_TOLERANCE_S:
+            raise _Malformed(
+                f"word outside its result: {alt_path}.words[{index}] spans "
+                f"[{word.start_s:g}, {word.end_s:g}] s, the result [{start_s:g}, {end_s:g}] s"
+            )
     speech_final = _optional(obj, "speech_final")
     from_finalize = _optional(obj, "from_finalize")
     channel_index = _optional(obj, "channel_index")
@@ -277,8 +336,8 @@ def _parse_results(obj: dict[str, Any]) -> TranscriptResult:
         is_final=_as_bool(_field(obj, "is_final", "is_final"), "is_final"),
         speech_final=False if speech_final is None else _as_bool(speech_final, "speech_final"),
         from_finalize=False if from_finalize is None else _as_bool(from_finalize, "from_finalize"),
-        start_s=_as_number(_field(obj, "start", "start"), "start"),
-        duration_s=_as_number(_field(obj, "duration", "duration"), "duration"),
+        start_s=start_s,
+        duration_s=duration_s,
         words=words,
         request_id=request_id,
         channel=0 if channel_index is None else _channel_of(channel_index, "channel_index"),
@@ -288,7 +347,7 @@ def _parse_results(obj: dict[str, Any]) -> TranscriptResult:
 def _parse_utterance_end(obj: dict[str, Any]) -> UtteranceEnd:
     channel = _optional(obj, "channel")
     return UtteranceEnd(
-        last_word_end_s=_as_number(_field(obj, "last_word_end", "last_word_end"), "last_word_end"),
+        last_word_end_s=_as_time(_field(obj, "last_word_end", "last_word_end"), "last_word_end"),
         channel=0 if channel is None else _channel_of(channel, "channel"),
     )
 
@@ -296,7 +355,7 @@ def _parse_utterance_end(obj: dict[str, Any]) -> UtteranceEnd:
 def _parse_speech_started(obj: dict[str, Any]) -> SpeechStarted:
     channel = _optional(obj, "channel")
     return SpeechStarted(
-        timestamp_s=_as_number(_field(obj, "timestamp", "timestamp"), "timestamp"),
+        timestamp_s=_as_time(_field(obj, "timestamp", "timestamp"), "timestamp"),
         channel=0 if channel is None else _channel_of(channel, "channel"),
     )
 
@@ -316,6 +375,49 @@ def _parse_metadata(obj: dict[str, Any]) -> Metadata:
         created="" if created is None else _as_str(created, "created"),
         sha256="" if sha256 is None else _as_str(sha256, "sha256"),
     )
+
+
+def _repaired_text(text: str, path: str, repaired: list[str]) -> str:
+    if _SURROGATE.search(text) is None:
+        return text
+    repaired.append(path)
+    return _SURROGATE.sub(REPLACEMENT_CHARACTER, text)
+
+
+def _repair(message: TranscriptResult | Metadata) -> tuple[TranscriptResult | Metadata, list[str]]:
+    """``message`` with every lone surrogate in its text replaced by U+FFFD, and the paths of
+    the fields that needed it (none: the message itself)."""
+    repaired: list[str] = []
+    if isinstance(message, Metadata):
+        fixed_metadata = Metadata(
+            request_id=_repaired_text(message.request_id, "request_id", repaired),
+            duration_s=message.duration_s,
+            channels=message.channels,
+            created=_repaired_text(message.created, "created", repaired),
+            sha256=_repaired_text(message.sha256, "sha256", repaired),
+        )
+        return (fixed_metadata if repaired else message), repaired
+    alt_path = "channel.alternatives[0]"
+    transcript = _repaired_text(message.transcript, f"{alt_path}.transcript", repaired)
+    words = tuple(
+        dataclasses.replace(
+            word,
+            word=_repaired_text(word.word, f"{alt_path}.words[{index}].word", repaired),
+            punctuated_word=None
+            if word.punctuated_word is None
+            else _repaired_text(
+                word.punctuated_word, f"{alt_path}.words[{index}].punctuated_word", repaired
+            ),
+        )
+        for index, word in enumerate(message.words)
+    )
+    fixed_result = dataclasses.replace(
+        message,
+        transcript=transcript,
+        words=words,
+        request_id=_repaired_text(message.request_id, "metadata.request_id", repaired),
+    )
+    return (fixed_result if repaired else message), repaired
 
 
 _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerMessage]]] = {
@@ -339,15 +441,18 @@ def parse_server_message(payload: str | bytes) -> ServerMessage:
         payload: the message as received.
 
     Returns:
-        The typed message, or ``Unrecognized`` (with the reason in words) for anything that is
-        too large, not JSON, not an object, of an unknown ``type``, or missing a required field
-        or carrying a field of the wrong type. Never raises.
+        The typed message; ``Repaired`` (wrapping it) when text it carries held lone
+        surrogates, now U+FFFD; or ``Unrecognized`` (with the reason in words) for anything
+        that is too large, not JSON, not an object, of an unknown ``type``, missing a required
+        field or carrying a field of the wrong type, or with impossible times: not finite,
+        negative, a result or word that ends before it starts, a word more than
+        ``WORD_TOLERANCE_S`` outside its result. Never raises.
     """
     size = len(payload)
     if size > MAX_MESSAGE_BYTES:
         unit = "bytes" if isinstance(payload, bytes) else "characters"
         return Unrecognized(
-            f"message of {size} {unit} exceeds {MAX_MESSAGE_BYTES}", _excerpt(payload)
+            f"message of {size} {unit} exceeds {MAX_MESSAGE_BYTES}", excerpt(payload)
         )
     if isinstance(payload, bytes):
         try:
@@ -356,29 +461,42 @@ def parse_server_message(payload: str | bytes) -> ServerMessage:
             return Unrecognized(
                 f"binary message of {size} bytes is not UTF-8 text "
                 f"({exc.reason} at byte {exc.start})",
-                _excerpt(payload),
+                excerpt(payload),
             )
     else:
         text = payload
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
-        return Unrecognized(f"invalid JSON: {exc}", _excerpt(text))
+        return Unrecognized(f"invalid JSON: {exc}", excerpt(text))
     except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
-        return Unrecognized(f"invalid JSON: {printable(str(exc), 80)}", _excerpt(text))
+        return Unrecognized(f"invalid JSON: {printable(str(exc), 80)}", excerpt(text))
     except RecursionError:
-        return Unrecognized("invalid JSON: nested too deeply", _excerpt(text))
+        return Unrecognized("invalid JSON: nested too deeply", excerpt(text))
     if not isinstance(document, dict):
-        return Unrecognized(f"expected a JSON object, got {_type_name(document)}", _excerpt(text))
+        return Unrecognized(f"expected a JSON object, got {_type_name(document)}", excerpt(text))
     if "type" not in document:
-        return Unrecognized("missing field type", _excerpt(text))
+        return Unrecognized("missing field type", excerpt(text))
     kind = document["type"]
     if not isinstance(kind, str):
-        return Unrecognized(f"field type is {_type_name(kind)}, expected string", _excerpt(text))
+        return Unrecognized(f"field type is {_type_name(kind)}, expected string", excerpt(text))
     parser = _PARSERS.get(kind)
     if parser is None:
-        return Unrecognized(f"unknown type {printable(repr(kind), 60)}", _excerpt(text))
+        return Unrecognized(f"unknown type {printable(repr(kind), 60)}", excerpt(text))
     try:
-        return parser(document)
+        message = parser(document)
     except _Malformed as exc:
-        return Unrecognized(f"{kind}: {exc}", _excerpt(text))
+        return Unrecognized(f"{kind}: {exc}", excerpt(text))
+    if not isinstance(message, TranscriptResult | Metadata):
+        return message
+    fixed, repaired = _repair(message)
+    if not repaired:
+        return message
+    shown = ", ".join(repaired[:3]) + (
+        f" and {len(repaired) - 3} more" if len(repaired) > 3 else ""
+    )
+    return Repaired(
+        fixed,
+        f"{kind}: text is not valid Unicode: lone surrogates replaced by U+FFFD in {shown}",
+        excerpt(text),
+    )

@@ -23,13 +23,22 @@ from dgd.core.messages import (
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
     Metadata,
+    Repaired,
     SpeechStarted,
     TranscriptResult,
     Unrecognized,
     UtteranceEnd,
+    excerpt,
     parse_server_message,
 )
 from dgd.core.timemap import TimeMap
+
+#: How far past the audio sent on a connection a server time may lie (seconds): room for a
+#: server that pads its last result a little, far less than a word. Anything later is not
+#: about audio dgd sent; accepted, it would stamp a transcript in the future (or beyond what a
+#: date can hold), release audio no final has covered, and make the duplicate filter drop
+#: every later transcript.
+SENT_TOLERANCE_S: Final = 1.0
 
 
 class LocalProtocolError(Exception):
@@ -71,8 +80,9 @@ class SessionStatistics:
         keepalives: ``KeepAlive`` messages sent.
         finalizes: ``Finalize`` messages sent.
         results: ``Results`` messages received (interim and final).
-        unrecognized: server messages that were ignored (malformed, unknown, or a transcript
-            before any audio).
+        unrecognized: server messages that were ignored (malformed, unknown, impossible
+            times, a time beyond the audio sent, or a transcript before any audio) or used only
+            after their text was repaired (lone surrogates replaced by U+FFFD).
     """
 
     sent_s: float = 0.0
@@ -203,24 +213,66 @@ class Session:
         """Parse one server message into events; never raises on bad content.
 
         A final result yields ``Confirmed`` (its audio is safe) and, unless its transcript is
-        empty, a ``Transcript`` with wall-clock times.
+        empty, a ``Transcript`` with wall-clock times. A message the parser rejects, or one
+        with a time more than ``SENT_TOLERANCE_S`` beyond the audio sent on this connection,
+        yields only ``Unrecognized``: no transcript, no confirmation. A message whose text was
+        repaired (``Repaired``) yields its events after an ``Unrecognized`` that says so.
+        Each of these counts once in ``statistics().unrecognized``.
         """
         message = parse_server_message(payload)
+        note: Unrecognized | None = None
+        if isinstance(message, Repaired):
+            note = Unrecognized(message.reason, message.excerpt)
+            message = message.message
+        if isinstance(message, Unrecognized):
+            self._unrecognized += 1
+            return [message]
+        beyond = self._beyond_sent(message)
+        if beyond is not None:
+            self._unrecognized += 1
+            return [Unrecognized(beyond, excerpt(payload))]
+        events: list[SessionEvent] = []
+        if note is not None:
+            self._unrecognized += 1
+            events.append(note)
         if isinstance(message, TranscriptResult):
-            return self._on_result(message)
+            return events + self._on_result(message)
         if isinstance(message, Metadata):
             self.metadata = message
             # Deepgram sends Metadata as its last message after CloseStream; one that came
             # earlier (the API calls it periodic) does not end the stream.
             self._metadata_after_close |= self.state is SessionState.CLOSING
             self.request_id = self.request_id or message.request_id
-            return [message]
+            return [*events, message]
         if isinstance(message, UtteranceEnd):
             return self._marker("utterance_end", message.last_word_end_s, is_end=True)
-        if isinstance(message, SpeechStarted):
-            return self._marker("speech_started", message.timestamp_s)
-        self._unrecognized += 1
-        return [message]
+        return self._marker("speech_started", message.timestamp_s)
+
+    def _beyond_sent(
+        self, message: TranscriptResult | Metadata | UtteranceEnd | SpeechStarted
+    ) -> str | None:
+        """Why ``message`` cannot be about audio sent on this connection, or None if it can.
+
+        Its latest time (a result's end or a word's, a marker's time) may exceed the audio
+        sent by ``SENT_TOLERANCE_S`` at most. Metadata carries no stream time.
+        """
+        if isinstance(message, TranscriptResult):
+            latest_s = max([message.end_s, *(word.end_s for word in message.words)])
+            kind = "Results"
+        elif isinstance(message, UtteranceEnd):
+            latest_s, kind = message.last_word_end_s, "UtteranceEnd"
+        elif isinstance(message, SpeechStarted):
+            latest_s, kind = message.timestamp_s, "SpeechStarted"
+        else:
+            return None
+        sent_s = self.timemap.sent_s
+        if latest_s <= sent_s + SENT_TOLERANCE_S:
+            return None
+        # The numbers come last: the link's repeat filter keys on the reason's first words.
+        return (
+            f"{kind}: time beyond the audio sent on this connection: {latest_s:g} s, "
+            f"{sent_s:g} s sent"
+        )
 
     def _marker(self, kind: str, offset_s: float, *, is_end: bool = False) -> list[SessionEvent]:
         if not self.timemap.segments:
@@ -306,6 +358,9 @@ class DuplicateFilter:
 
     Replay starts where the last final result ended, so duplicates should not happen; this is
     the safety net that keeps the journal honest if the server cut differently on replay.
+    Its high-water mark is only as good as the times it is given: the session rejects any
+    result whose times lie beyond the audio sent (``Session.receive``), so one broken result
+    cannot push the mark into the future and silence every later transcript.
     """
 
     def __init__(self) -> None:

@@ -45,6 +45,8 @@ class StatsRecord:
     transcripts: int
     dropped_by_cause_s: dict[str, float] = field(default_factory=dict)
     reconnects_by_cause: dict[str, int] = field(default_factory=dict)
+    #: Server messages ignored, or used only after their text was repaired.
+    unrecognized: int = 0
 
     @property
     def dropped_s(self) -> float:
@@ -66,6 +68,7 @@ class StatsRecord:
             "connects": self.connects,
             "duplicates": self.duplicates,
             "transcripts": self.transcripts,
+            "unrecognized": self.unrecognized,
         }
         for cause, seconds in self.dropped_by_cause_s.items():
             fields[f"dropped_{cause}_s"] = f"{seconds:.1f}"
@@ -114,4 +117,5 @@ def compose(
         transcripts=transcripts,
         dropped_by_cause_s=dropped,
         reconnects_by_cause=dict(link.reconnects_by_cause),
+        unrecognized=link.streams.unrecognized,
     )

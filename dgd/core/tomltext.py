@@ -136,22 +136,30 @@ class Table:
             return default
         return got if self.in_range(key, got, lo, hi, "") else default
 
-    def number(self, key: str, default: float, lo: float, hi: float, why: str = "") -> float:
+    def number(
+        self, key: str, default: float, lo: float, hi: float, why: str = "", *, above: str = ""
+    ) -> float:
+        """A number of seconds (or dB): an integer or a float, returned as a float.
+
+        ``why`` is added to both range messages, ``above`` only to the "<=" one.
+        """
         got = self.take(key)
         if got is MISSING:
             return default
         if isinstance(got, bool) or not isinstance(got, int | float):
             self.problem(key, f"must be a number between {lo!r} and {hi!r}", got)
             return default
-        return float(got) if self.in_range(key, got, lo, hi, why) else default
+        return float(got) if self.in_range(key, got, lo, hi, why, above=above) else default
 
-    def in_range(self, key: str, got: float, lo: float, hi: float, why: str) -> bool:
+    def in_range(
+        self, key: str, got: float, lo: float, hi: float, why: str, *, above: str = ""
+    ) -> bool:
         # Written as "not >=" so that NaN, which compares false to everything, is refused.
         if not got >= lo:
             self.problem(key, f"must be >= {lo!r}{why}", got)
             return False
         if not got <= hi:
-            self.problem(key, f"must be <= {hi!r}{why}", got)
+            self.problem(key, f"must be <= {hi!r}{why or above}", got)
             return False
         return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import unicodedata
 from typing import TYPE_CHECKING
 
 from dgd.core.config import (
@@ -17,6 +18,7 @@ from dgd.core.config import (
     ApiKey,
     Config,
     ConfigError,
+    describe_char,
     loads,
 )
 
@@ -82,11 +84,32 @@ def _read_key(path: str, where: str) -> str:
         raise ConfigError(f"{where}: {path} is not text; it must hold only the API key") from None
     if not key:
         raise ConfigError(f"{where}: {path} is empty; put the Deepgram API key in it")
-    if not key.isprintable() or any(c.isspace() for c in key):
+    if any(c.isspace() for c in key):
         raise ConfigError(
             f"{where}: {path} holds more than one word; it must hold only the API key"
         )
+    check_key_characters(key, f"{where}: {path}")
     return key
+
+
+def check_key_characters(key: str, where: str) -> None:
+    """Refuse a key that the ``Authorization`` header cannot carry.
+
+    An HTTP header value is latin-1 (wsclient encodes it so; anything beyond U+00FF would end
+    `dgd run` with a UnicodeEncodeError at the first connection), and control characters are
+    not allowed in one. The message names the character and its position, never the key.
+
+    Raises:
+        ConfigError: ``"<where>: character N of the key is ..."``.
+    """
+    for position, char in enumerate(key, 1):
+        if ord(char) > 0xFF or not char.isprintable():
+            name = unicodedata.name(char, "a control character")
+            raise ConfigError(
+                f"{where}: character {position} of the key is {describe_char(char)}, {name},"
+                " which an HTTP header cannot carry; copy the key again (Deepgram keys are"
+                " letters and digits), e.g. from the Deepgram console"
+            )
 
 
 def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKey, list[str]]:
@@ -137,8 +160,9 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
 
     if environ.get(API_KEY_ENV, "").strip():
         key = environ[API_KEY_ENV].strip()
-        if not key.isprintable() or any(c.isspace() for c in key):
+        if any(c.isspace() for c in key):
             raise ConfigError(f"${API_KEY_ENV}: holds more than one word; set it to the key only")
+        check_key_characters(key, f"${API_KEY_ENV}")
         return ApiKey(key, f"environment {API_KEY_ENV}"), warnings
 
     looked = (

@@ -279,7 +279,7 @@ def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Ou
     elif isinstance(item, Unrecognized):
         event(
             "unrecognized_message",
-            "ignored a server message: %s [%s]",
+            "bad server message: %s [%s]",
             item.reason,
             item.excerpt,
             level=logging.WARNING,

@@ -2,28 +2,36 @@
 
 Log records carry their journal fields in ``extra`` (``DGD_EVENT`` and friends, upper case,
 since journald drops other names). ``event()`` is the one way the daemon logs an event.
-A ``SecretFilter`` on every handler replaces the API key wherever it would appear, at any
-level and from any library logger; a ``RepeatFilter`` folds a flood of one message into one
-line and a count. Under systemd, ``capture_stderr`` turns what libraries write to file
-descriptor 2 (alsa-lib's ``ALSA lib ...`` lines) into events too, so every record dgd writes
-to the journal carries ``DGD_EVENT``.
+A ``SecretFilter`` on every handler replaces the API key and the secret query values
+(``register_secrets``) wherever they would appear, at any level and from any library logger:
+message, arguments, tracebacks, stack traces, journal fields. ``forbid_core_dumps`` and
+``remove_from_environment`` keep the key out of core files and ``/proc/<pid>/environ``. A
+``RepeatFilter`` folds a flood of one message into one line and a count. Under systemd,
+``capture_stderr`` turns what libraries write to file descriptor 2 (alsa-lib's
+``ALSA lib ...`` lines) into events too, so every record dgd writes to the journal carries
+``DGD_EVENT``.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import fcntl
 import importlib
+import json
 import logging
 import math
 import os
 import sys
 import threading
 import time
+import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
+from dgd.core.connection import SECRET_QUERY_KEYS
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from dgd.core.config import LogLevel
 
@@ -32,18 +40,67 @@ log = logging.getLogger("dgd")
 #: A message repeated within this window is counted, not logged again.
 REPEAT_WINDOW_S: Final = 300.0
 REDACTED: Final = "<redacted>"
+#: Shorter values are not treated as secrets (replacing them would garble every line).
+MIN_SECRET_CHARS: Final = 4
+
+
+def secret_forms(secret: str) -> set[str]:
+    """The spellings under which ``secret`` can reach a log line.
+
+    The value itself; percent-encoded as in the listen URL (``urlencode`` with
+    ``quote``: trio-websocket logs the URL at debug level) and with ``+`` for spaces; and
+    escaped as inside a ``repr()`` or a JSON string (a header or an exception printed with
+    ``%r``). Values shorter than ``MIN_SECRET_CHARS`` are ignored.
+    """
+    if len(secret) < MIN_SECRET_CHARS:
+        return set()
+    forms = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret, safe=""),
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        repr(secret.encode("utf-8"))[2:-1],
+    }
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
 
 class SecretFilter(logging.Filter):
-    """Replaces secrets in the rendered message and in string fields of every record."""
+    """Replaces secrets in every part of a record that a handler can print or send.
+
+    Installed on each handler dgd sets up (journald, stderr), so it sees records from every
+    logger: dgd's own and libraries' (trio-websocket, wsproto, urllib3, ...), at any level.
+    For a record that it processes it renders the message (``msg % args``), folds a
+    traceback (``exc_info`` or an already rendered ``exc_text``) into the message and drops
+    ``args`` and ``exc_info``, since journald's handler would otherwise send them as
+    ``CODE_ARGS`` and ``EXCEPTION_INFO`` unscrubbed; then it scrubs that message,
+    ``stack_info`` and every upper-case (journal) field. A record whose message cannot be
+    rendered (a library's bad format string) is scrubbed too, never raised from here.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._secrets: tuple[str, ...] = ()
+        self._secrets_bytes: tuple[bytes, ...] = ()
+
+    def _install(self, forms: set[str]) -> None:
+        ordered = tuple(sorted(forms, key=lambda form: (-len(form), form)))  # longest first
+        self._secrets_bytes = tuple(form.encode("utf-8") for form in ordered)
+        self._secrets = ordered  # one assignment: a logging thread sees old or new, never half
 
     def set_secrets(self, *secrets: str) -> None:
-        """The values never to print (empty and very short strings are ignored)."""
-        self._secrets = tuple(s for s in secrets if len(s) >= 4)
+        """The values never to print, replacing the previous ones (short values are ignored)."""
+        self._install({form for secret in secrets for form in secret_forms(secret)})
+
+    def add_secrets(self, *secrets: str) -> None:
+        """Add values never to print; the earlier ones stay (an old key may still be in flight)."""
+        self._install(set(self._secrets).union(*(secret_forms(s) for s in secrets)))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every form scrubbed, longest first."""
+        return self._secrets
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret replaced."""
@@ -52,21 +109,36 @@ class SecretFilter(logging.Filter):
                 text = text.replace(secret, REDACTED)
         return text
 
+    def _scrub_value(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, bytes):
+            for secret in self._secrets_bytes:
+                value = value.replace(secret, REDACTED.encode())
+            return value
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.scrub(str(value))  # what journald's handler would send: str(value)
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._secrets:
+        if not self._secrets:
+            return True
+        try:
             message = record.getMessage()
-            scrubbed = self.scrub(message)
-            if scrubbed != message or record.args:
-                record.msg, record.args = scrubbed, None
-            for key, value in list(record.__dict__.items()):
-                if key.isupper() and isinstance(value, str):
-                    record.__dict__[key] = self.scrub(value)
-            if record.exc_info and record.exc_info[1] is not None:
-                # Tracebacks can carry headers; render now and scrub the text.
-                formatted = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None
-                record.exc_text = None
-                record.msg = f"{record.msg}\n{self.scrub(formatted)}"
+        except Exception:  # a library's bad format string: log what there is
+            message = f"{record.msg!r} % {record.args!r}"
+        if record.exc_info and record.exc_info[1] is not None:
+            # Tracebacks can carry headers and URLs; render now and scrub the text.
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            message = f"{message}\n{record.exc_text}"
+        record.msg, record.args = self.scrub(message), None
+        record.exc_info, record.exc_text = None, None
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key.isupper():
+                record.__dict__[key] = self._scrub_value(value)
         return True
 
 
@@ -145,6 +217,82 @@ SECRETS: Final = SecretFilter()
 REPEATS: Final = RepeatFilter()
 
 
+#: ``prctl(2)`` options (linux/prctl.h).
+PR_GET_DUMPABLE: Final = 3
+PR_SET_DUMPABLE: Final = 4
+
+#: Events that happened before logging was set up; ``setup()`` logs them.
+_pending: list[tuple[str, str, int]] = []
+
+
+def register_secrets(api_key: str, query: Iterable[tuple[str, str]] = ()) -> None:
+    """Scrub the API key and the ``[deepgram.query]`` values whose names mark them as secret
+    (``dgd.core.connection.SECRET_QUERY_KEYS``) from every log line from now on.
+
+    Called when the config and the key are loaded, and again on every reload; values
+    registered earlier stay scrubbed (an old key can still be in flight on a closing stream).
+    """
+    SECRETS.add_secrets(api_key, *(v for k, v in query if k.lower() in SECRET_QUERY_KEYS))
+
+
+def forbid_core_dumps() -> bool:
+    """Make this process non-dumpable: no core file (systemd-coredump, ``core_pattern``)
+    and no ``/proc/<pid>/mem`` or ``environ`` for other processes of the same user.
+
+    ``prctl(PR_SET_DUMPABLE, 0)``; call it before the key is read. Linux only (elsewhere a
+    no-op). A failure is not fatal: it is logged as a ``hardening`` warning once logging is
+    set up. Returns whether the process is now non-dumpable.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        zero = ctypes.c_ulong(0)
+        if libc.prctl(PR_SET_DUMPABLE, zero, zero, zero, zero) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except (OSError, AttributeError) as exc:
+        _pending.append(
+            (
+                "hardening",
+                f"could not make the process non-dumpable (prctl PR_SET_DUMPABLE): {exc};"
+                " a core dump could hold the API key (the unit's LimitCORE=0 still applies)",
+                logging.WARNING,
+            )
+        )
+        return False
+    return True
+
+
+def remove_from_environment(name: str) -> None:
+    """Remove ``$name`` (``DEEPGRAM_API_KEY``) from this process's environment, for good.
+
+    ``os.environ.pop`` also calls ``unsetenv(3)``, so the C ``environ`` and any child no longer
+    see it. But ``unsetenv`` only drops the pointer: the ``NAME=value`` string itself stays in
+    the block the kernel set up at exec, which ``/proc/<pid>/environ`` shows. So the bytes
+    of that string are overwritten with zeros too (Linux with glibc or musl: ``environ``).
+    """
+    if name not in os.environ:
+        return
+    target: int | None = None
+    length = 0
+    prefix = name.encode() + b"="
+    try:
+        environ = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+        index = 0
+        while environ[index] is not None:
+            entry = environ[index]
+            if entry is not None and entry.startswith(prefix):
+                target = ctypes.cast(environ, ctypes.POINTER(ctypes.c_void_p))[index]
+                length = len(entry)
+                break
+            index += 1
+    except (OSError, ValueError, AttributeError):
+        target = None
+    os.environ.pop(name, None)
+    if target is not None and length:
+        ctypes.memset(target, 0, length)
+
+
 def flush_repeats() -> None:
     """Write the summaries of repeated messages whose window has ended."""
     for record in REPEATS.flush():
@@ -195,6 +343,9 @@ def setup(target: str, level: LogLevel, environ: Mapping[str, str]) -> str:
         root.removeHandler(old)
     root.addHandler(handler)
     set_level(level)
+    while _pending:
+        name, message, severity = _pending.pop(0)
+        event(name, "%s", message, level=severity)
     return chosen
 
 

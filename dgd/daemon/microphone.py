@@ -18,7 +18,7 @@ import trio
 from dgd.core.backoff import DeviceRetry
 from dgd.core.health import CaptureFacts, CaptureHealth, CaptureState
 from dgd.core.pipeline import CaptureStatistics
-from dgd.daemon.capture import DeviceError, Heartbeat, SourceSpec, read_periods
+from dgd.daemon.capture import DeviceError, DeviceProblem, Heartbeat, SourceSpec, read_periods
 from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Microphone:
         self.first_attempt = trio.Event()
         self._source: AudioSource | None = None
         self._scope: trio.CancelScope | None = None
+        self._backoff: trio.CancelScope | None = None  # the wait before the next opening
         self._idle = trio.Event()  # set while no source runs
         self._resume = trio.Event()  # cleared while a reload holds capture
         self._resume.set()
@@ -159,6 +160,8 @@ class Microphone:
                 before_resuming(pipeline.fmt)
         self._status.device_ok = False
         self._status.device = f'opening audio device "{self.device}"'
+        if self._backoff is not None:
+            self._backoff.cancel()  # the new configuration may fit the device: try it now
         self._resume.set()
 
     async def _stop_source(self) -> None:
@@ -202,9 +205,13 @@ class Microphone:
     async def _failed(self, exc: DeviceError) -> None:
         was_ok = self._status.device_ok
         self._waiting_for_device = True
-        delay_s = self.retry.failed()
+        misconfigured = exc.problem is DeviceProblem.FORMAT
+        delay_s = self.retry.failed(misconfigured=misconfigured)
+        name = (
+            "device_format" if misconfigured else "device_lost" if was_ok else "device_unavailable"
+        )
         event(
-            "device_lost" if was_ok else "device_unavailable",
+            name,
             "%s; retrying in %.1f s",
             exc,
             delay_s,
@@ -213,10 +220,15 @@ class Microphone:
             device=exc.device,
             problem=exc.problem.value,
         )
-        self._set_device(f'waiting for audio device "{exc.device}"')
+        if misconfigured:
+            self._set_device(f'audio device "{exc.device}" does not deliver the configured format')
+        else:
+            self._set_device(f'waiting for audio device "{exc.device}"')
         self.first_attempt.set()
-        with trio.move_on_after(delay_s):
+        self._backoff = trio.CancelScope()
+        with self._backoff, trio.move_on_after(delay_s):
             await self._stopping.wait()
+        self._backoff = None
 
     def _set_device(self, text: str, *, ok: bool = False) -> None:
         self._status.device_ok = ok

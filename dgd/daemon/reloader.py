@@ -63,6 +63,7 @@ class Reloader:
         is refused and the running one stays."""
         d = self._daemon
         d.notifier.reloading()
+        d.sinks.reopen()  # logrotate's postrotate: a new JSONL file, whatever the config says
         if self._read_config is None:
             d.notifier.ready(d.status.render())
             return

@@ -1,11 +1,19 @@
 """`dgd devices`: list the ALSA capture devices, by the names ``audio.device`` accepts.
 
 Each candidate (``default``, every capture PCM alsa-lib's name hints list, and
-``plughw:``/``hw:CARD=<id>,DEV=0`` for every sound card) is opened for capture through
-`dgd.daemon.capture.open_pcm`, exactly as the daemon opens it, at the common rates and channel
-counts, and closed again without reading: nothing is consumed or played. An open that blocks
-(a busy ``hw:`` device waits for its owner; a FIFO-fed ``file`` PCM waits for a writer) is
-interrupted after `PROBE_TIMEOUT_S` and reported as "did not answer".
+``plughw:``/``hw:CARD=<id>,DEV=0`` for every sound card) is opened for capture and closed
+again without reading: nothing is consumed or played.
+
+- A ``hw:`` device (no conversion: what the hardware does) is opened once and its hardware
+  parameters read: the sample formats, rates and channel counts it offers. dgd can use it at
+  the probe rates and channel counts it offers, if it offers S16_LE.
+- Any other PCM (``plughw:``, ``default``, plugin chains) is opened through
+  `dgd.daemon.capture.open_pcm`, exactly as the daemon opens it, at every probe rate and
+  channel count; only an open that delivers exactly that (S16_LE, the rate, the channels)
+  counts.
+
+An open that blocks (a busy ``hw:`` device waits for its owner; a FIFO-fed ``file`` PCM waits
+for a writer) is interrupted after `PROBE_TIMEOUT_S` and reported as "did not answer".
 """
 
 from __future__ import annotations
@@ -23,7 +31,15 @@ from typing import TYPE_CHECKING, Any, Final
 import alsaaudio
 
 from dgd.core.pcm import PcmFormat
-from dgd.daemon.capture import DeviceError, DeviceProblem, open_pcm
+from dgd.daemon.capture import (
+    SAMPLE_FORMAT,
+    DeviceError,
+    DeviceProblem,
+    Offers,
+    offers_of,
+    open_pcm,
+    open_pcm_unchecked,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -91,6 +107,8 @@ class DeviceReport:
         card_index: the sound card behind it, from the first successful open; -1 for a
             software PCM (a plugin chain not tied to one card) or when it did not open.
         card_device: the card's device number behind it (meaningful when ``card_index >= 0``).
+        offers: what a ``hw:`` device offers, from its hardware parameters (None for other
+            devices, and when it did not open).
     """
 
     name: str
@@ -99,6 +117,7 @@ class DeviceReport:
     error: str = ""
     card_index: int = -1
     card_device: int = 0
+    offers: Offers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,37 +170,100 @@ def _alarm(timeout_s: float) -> Iterator[list[bool]]:
 
 
 def open_with_timeout(
-    device: str, fmt: PcmFormat, timeout_s: float, periods_per_read: int = 1
+    device: str,
+    fmt: PcmFormat,
+    timeout_s: float,
+    periods_per_read: int = 1,
+    *,
+    check_format: bool = True,
 ) -> Any:
-    """`dgd.daemon.capture.open_pcm`, interrupted if it blocks for longer than ``timeout_s``.
+    """`dgd.daemon.capture.open_pcm` (``open_pcm_unchecked`` without ``check_format``),
+    interrupted if it blocks for longer than ``timeout_s``.
 
     Must be called from the main thread (it uses SIGALRM).
 
     Raises:
         DeviceTimeout: the open was still blocked after ``timeout_s``.
-        DeviceError: the device is missing, busy, not permitted, or refuses the format.
+        DeviceError: the device is missing, busy, not permitted, or delivers another format.
     """
+    opener = open_pcm if check_format else open_pcm_unchecked
     with _alarm(timeout_s) as fired:
         try:
-            return open_pcm(device, fmt, periods_per_read)
+            return opener(device, fmt, periods_per_read)
         except DeviceError as exc:
             if fired:
                 raise DeviceTimeout(device, timeout_s) from exc
             raise
 
 
+def is_hw(name: str) -> bool:
+    """A ``hw:`` device: the hardware's own parameters, no conversion."""
+    return name.startswith("hw:")
+
+
+def usable_formats(offers: Offers) -> tuple[CaptureFormat, ...]:
+    """The probe rates and channel counts dgd can capture at from what a ``hw:`` device
+    offers: none unless it offers S16_LE."""
+    if SAMPLE_FORMAT not in offers.sample_formats:
+        return ()
+    return tuple(
+        CaptureFormat(rate_hz, channels)
+        for channels in PROBE_CHANNELS
+        if channels in offers.channels
+        for rate_hz in PROBE_RATES_HZ
+        if offers.takes_rate(rate_hz)
+    )
+
+
+def unusable(name: str, offers: Offers) -> str:
+    """Why a ``hw:`` device that opens is of no use as it is, and what to do."""
+    return (
+        f'audio device "{name}": offers none of the formats dgd captures ({SAMPLE_FORMAT} at '
+        f"{' '.join(str(r) for r in PROBE_RATES_HZ)} Hz, 1 or 2 channels); it offers "
+        f'{offers.describe() or "nothing dgd can read"}: use "plug{name}" (ALSA converts)'
+    )
+
+
+def probe_hw(name: str, timeout_s: float = PROBE_TIMEOUT_S) -> DeviceReport:
+    """Open a ``hw:`` device once and read what its hardware parameters offer."""
+    base = PcmFormat(PROBE_RATES_HZ[1], PROBE_CHANNELS[0], PROBE_PERIOD_MS)
+    try:
+        pcm = open_with_timeout(name, base, timeout_s, check_format=False)
+    except DeviceTimeout as exc:
+        return DeviceReport(name, ProbeStatus.NO_ANSWER, (), str(exc))
+    except DeviceError as exc:
+        return DeviceReport(name, ProbeStatus.FAILED, (), str(exc))
+    try:
+        offers = offers_of(pcm, with_channels=True)
+        info = pcm.info()
+    finally:
+        pcm.close()
+    card_index, card_device = int(info.get("card_no", -1)), int(info.get("device_no", 0))
+    formats = usable_formats(offers)
+    if not formats:
+        return DeviceReport(
+            name, ProbeStatus.FAILED, (), unusable(name, offers), card_index, card_device, offers
+        )
+    return DeviceReport(name, ProbeStatus.OPENS, formats, "", card_index, card_device, offers)
+
+
 def probe_device(name: str, timeout_s: float = PROBE_TIMEOUT_S) -> DeviceReport:
-    """Open ``name`` for capture at every probe rate and channel count, and close it again.
+    """Probe ``name``: a ``hw:`` device by its hardware parameters (`probe_hw`), any other
+    by opening it as the daemon does at every probe rate and channel count.
 
     Stops at the first error that concerns the device rather than the format (missing, busy,
     permission) and at the first open that does not answer.
     """
+    if is_hw(name):
+        return probe_hw(name, timeout_s)
     formats: list[CaptureFormat] = []
     errors: list[str] = []
     card_index, card_device = -1, 0
     for channels in PROBE_CHANNELS:
         for rate_hz in PROBE_RATES_HZ:
             try:
+                # open_pcm refuses an open that would deliver another format, rate or channel
+                # count (hw-backed PCMs may substitute the nearest): only exact matches count.
                 pcm = open_with_timeout(
                     name, PcmFormat(rate_hz, channels, PROBE_PERIOD_MS), timeout_s
                 )
@@ -196,12 +278,10 @@ def probe_device(name: str, timeout_s: float = PROBE_TIMEOUT_S) -> DeviceReport:
                 info = pcm.info()
             finally:
                 pcm.close()
-            # hw: devices may substitute the nearest rate they have; only an exact match counts.
-            if info.get("rate") == rate_hz and info.get("channels") == channels:
-                formats.append(CaptureFormat(rate_hz, channels))
-                if card_index < 0:
-                    card_index = int(info.get("card_no", -1))
-                    card_device = int(info.get("device_no", 0))
+            formats.append(CaptureFormat(rate_hz, channels))
+            if card_index < 0:
+                card_index = int(info.get("card_no", -1))
+                card_device = int(info.get("device_no", 0))
     if not formats:
         error = errors[0] if errors else f'audio device "{name}": opens at none of the formats'
         return DeviceReport(name, ProbeStatus.FAILED, (), error)
@@ -262,6 +342,21 @@ def _rates(report: DeviceReport, channels: int) -> str:
     return " ".join(rates) if rates else "-"
 
 
+def _offers_text(offers: Offers) -> str:
+    return offers.describe() or "nothing (no hardware parameters)"
+
+
+def _offers_json(offers: Offers | None) -> dict[str, object] | None:
+    if offers is None:
+        return None
+    return {
+        "formats": list(offers.sample_formats),
+        "rates_hz": list(offers.rates_hz),
+        "rate_range": offers.rate_range,
+        "channels": list(offers.channels),
+    }
+
+
 def format_table(reports: Sequence[DeviceReport], cards: Sequence[Card]) -> str:
     """The human-readable report: one row per device, then what ``default`` is, then errors."""
     header = ("DEVICE", "STATUS", "MONO RATES (Hz)", "STEREO RATES (Hz)")
@@ -279,6 +374,10 @@ def format_table(reports: Sequence[DeviceReport], cards: Sequence[Card]) -> str:
     else:
         lines.append("sound cards: none (no /dev/snd, or no driver loaded)")
     lines.append(describe_default(reports, cards))
+    offered = [r for r in reports if r.offers is not None]
+    if offered:
+        lines.append("")
+        lines.extend(f"{r.name} offers: {_offers_text(r.offers)}" for r in offered if r.offers)
     problems = [r for r in reports if r.status is not ProbeStatus.OPENS and r.name != "default"]
     if problems:
         lines.append("")
@@ -297,6 +396,7 @@ def to_json(reports: Sequence[DeviceReport], cards: Sequence[Card]) -> str:
                 "formats": [{"rate_hz": f.rate_hz, "channels": f.channels} for f in r.formats],
                 "error": r.error,
                 "card_index": r.card_index,
+                "offers": _offers_json(r.offers),
             }
             for r in reports
         ],

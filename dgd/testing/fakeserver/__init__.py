@@ -19,6 +19,9 @@ The modules, from the outside in:
   ``SpeechStarted``, ``UtteranceEnd`` and ``Metadata`` message objects out. No I/O.
 - ``faults.py``: ``FaultPlan`` and its rules and actions, parsed and validated from JSON
   (``FaultPlanError``). No I/O.
+- ``malformed.py``: the messages of each kind the ``malformed_after_s`` fault sends: broken
+  messages, and well-formed Results with hostile content (impossible times, lone
+  surrogates), built from a template of the connection's current state. No I/O.
 - ``recorder.py``: ``conn-NNNN.raw``/``.jsonl`` of ``--record-dir``, secrets redacted.
 
 The secret query keys come from ``dgd.core.connection``, shared with the daemon. Names with
@@ -30,6 +33,8 @@ from __future__ import annotations
 from dgd.testing.fakeserver.connection import IDLE_CLOSE_REASON
 from dgd.testing.fakeserver.faults import (
     DEFAULT_CLOSE_FAULT_REASON,
+    HOSTILE_KINDS,
+    MALFORMED_KINDS,
     Attempts,
     CloseAfterFault,
     DropAfterBytesFault,
@@ -54,7 +59,9 @@ from dgd.testing.fakeserver.speech import MODEL_UUID, SpeechTracker
 __all__ = [
     "DEFAULT_CLOSE_FAULT_REASON",
     "DEFAULT_ENDPOINTING_MS",
+    "HOSTILE_KINDS",
     "IDLE_CLOSE_REASON",
+    "MALFORMED_KINDS",
     "MODEL_UUID",
     "Attempts",
     "CloseAfterFault",

@@ -27,6 +27,11 @@ from dgd.testing.fakeserver.faults import (
     RejectFault,
     StallFault,
 )
+from dgd.testing.fakeserver.malformed import (
+    is_transcript_final,
+    malformed_messages,
+    with_lone_surrogate,
+)
 
 if TYPE_CHECKING:
     from dgd.testing.fakeserver.faults import Fault, TimedFault
@@ -111,14 +116,6 @@ class _FaultableStream(trio.abc.Stream):
 # --------------------------------------------------------------------------- connections
 
 
-_MALFORMED_TEXTS: Final = (
-    '{"type": "Res',
-    '{"type":"Mystery"}',
-    # Exactly 1 000 000 characters: under trio-websocket's default 1 MiB message limit.
-    '{"type":"Gigantic","padding":"' + "x" * (1_000_000 - 32) + '"}',
-)
-
-
 class _Connection:
     """One accepted WebSocket: the receive loop, the timed faults, the recording."""
 
@@ -141,6 +138,8 @@ class _Connection:
         self._last_activity = self._opened_at
         self._stall_over: trio.Event | None = None
         self._close_recorded = False
+        #: A ``lone_surrogate`` fault fired: the next final with a transcript is spoiled.
+        self._spoil_next_final = False
         self._timed = [f for f in faults if not isinstance(f, RejectFault | DropAfterBytesFault)]
         drops = [f for f in faults if isinstance(f, DropAfterBytesFault)]
         self._drop_after_bytes = min(drops, key=lambda f: f.after_bytes) if drops else None
@@ -205,6 +204,9 @@ class _Connection:
             await self._send(message)
 
     async def _send(self, message: dict[str, Any]) -> None:
+        if self._spoil_next_final and is_transcript_final(message):
+            self._spoil_next_final = False
+            message = with_lone_surrogate(message)
         await self._send_text(json.dumps(message, separators=(",", ":")), known_json=True)
 
     async def _send_text(self, text: str, *, known_json: bool) -> None:
@@ -249,11 +251,14 @@ class _Connection:
             self._stall_over.set()
             self._stall_over = None
         else:
-            for text in _MALFORMED_TEXTS:
-                await self._send_text(text, known_json=False)
-            template = self._tracker.empty_results()
-            await self._send({k: v for k, v in template.items() if k != "channel"})
-            await self._send({**template, "start": str(template["start"])})
+            for kind in fault.kinds:
+                for message in malformed_messages(kind, self._tracker.empty_results()):
+                    if isinstance(message, str):
+                        await self._send_text(message, known_json=False)
+                    else:
+                        await self._send(message)
+            # After the sequence: its own hostile finals are not the ones to spoil.
+            self._spoil_next_final |= "lone_surrogate" in fault.kinds
 
     def _record_close_by_client(self) -> None:
         closed = self._ws.closed

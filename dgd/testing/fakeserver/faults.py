@@ -16,6 +16,8 @@ from typing import Any, Final
 
 __all__ = [
     "DEFAULT_CLOSE_FAULT_REASON",
+    "HOSTILE_KINDS",
+    "MALFORMED_KINDS",
     "MAX_CLOSE_REASON_BYTES",
     "Attempts",
     "CloseAfterFault",
@@ -37,6 +39,28 @@ DEFAULT_CLOSE_FAULT_REASON: Final = (
 #: RFC 6455: a close frame's payload is at most 125 bytes, 2 of them the code.
 MAX_CLOSE_REASON_BYTES: Final = 123
 _FAULT_REJECT_STATUSES: Final = (400, 401, 402, 403, 429, 503)
+#: What ``malformed_after_s`` sends when the rule names no ``kinds``, in this order: messages
+#: that are not valid Deepgram messages at all.
+MALFORMED_KINDS: Final = (
+    "invalid_json",
+    "unknown_type",
+    "gigantic",
+    "no_channel",
+    "string_start",
+)
+#: Well-formed final ``Results`` with a transcript whose content is hostile: impossible or
+#: absurd times, or text that is not valid Unicode (the content of each: FAKE_SERVER.md).
+HOSTILE_KINDS: Final = (
+    "nan_time",
+    "negative_time",
+    "huge_start",
+    "huge_duration",
+    "beyond_sent",
+    "end_before_start",
+    "word_end_before_start",
+    "word_outside_result",
+    "lone_surrogate",
+)
 
 
 class FaultPlanError(ValueError):
@@ -124,13 +148,17 @@ class StallFault:
 
 @dataclass(frozen=True, slots=True)
 class MalformedFault:
-    """``after_s`` after the handshake, send the malformed-message sequence, then carry on."""
+    """``after_s`` after the handshake, send a message of each of ``kinds`` in order (all but
+    ``lone_surrogate``, which spoils the next final with a transcript), then carry on."""
 
     after_s: float
+    kinds: tuple[str, ...] = MALFORMED_KINDS
 
     def describe(self) -> dict[str, object]:
         """The rule's action as it appears in the plan (for the recording)."""
-        return {"malformed_after_s": self.after_s}
+        if self.kinds == MALFORMED_KINDS:
+            return {"malformed_after_s": self.after_s}
+        return {"malformed_after_s": self.after_s, "kinds": list(self.kinds)}
 
 
 Fault = (
@@ -192,7 +220,11 @@ _ACTION_KEYS: Final = (
     "stall_after_s",
     "malformed_after_s",
 )
-_COMPANION_KEYS: Final = {"close_after_s": {"code", "reason"}, "stall_after_s": {"stall_for_s"}}
+_COMPANION_KEYS: Final = {
+    "close_after_s": {"code", "reason"},
+    "stall_after_s": {"stall_for_s"},
+    "malformed_after_s": {"kinds"},
+}
 
 
 def _parse_rule(index: int, item: object) -> FaultRule:
@@ -252,7 +284,7 @@ def _parse_action(where: str, key: str, item: dict[str, Any]) -> Fault:
     if key == "drop_after_s":
         return DropAfterFault(after_s)
     if key == "malformed_after_s":
-        return MalformedFault(after_s)
+        return MalformedFault(after_s, _kinds(where, item.get("kinds", list(MALFORMED_KINDS))))
     if key == "stall_after_s":
         if "stall_for_s" not in item:
             raise FaultPlanError(f"{where}: stall_after_s needs stall_for_s (seconds to stall)")
@@ -269,6 +301,15 @@ def _parse_action(where: str, key: str, item: dict[str, Any]) -> Fault:
             f"{where}: reason: must be a string of at most {MAX_CLOSE_REASON_BYTES} UTF-8 bytes"
         )
     return CloseAfterFault(after_s, code, reason)
+
+
+def _kinds(where: str, value: object) -> tuple[str, ...]:
+    known = (*MALFORMED_KINDS, *HOSTILE_KINDS)
+    if not isinstance(value, list) or not value or not all(k in known for k in value):
+        raise FaultPlanError(
+            f"{where}: kinds: must be a non-empty list of {', '.join(known)} (got {value!r})"
+        )
+    return tuple(value)
 
 
 def _is_int(value: object) -> bool:
