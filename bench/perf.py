@@ -62,7 +62,7 @@ from dgd.core.config import (  # noqa: E402
     dump,
 )
 from dgd.core.gate import GateMode  # noqa: E402
-from dgd.daemon.capture import MAX_READ_MS  # noqa: E402
+from dgd.daemon.alsadevice import MAX_READ_MS  # noqa: E402
 from dgd.testing.fifomic import FifoMic, alsa_config_path, write_alsa_conf  # noqa: E402
 from dgd.tools.demo import FakeServerProcess, load_sample, package_env, server_records  # noqa: E402
 
@@ -231,8 +231,8 @@ class Client:
 
     @property
     def read_periods(self) -> int:
-        """20 ms periods per ALSA read: dgd reads a frame, up to ``capture.MAX_READ_MS``
-        (mirrors ``dgd.daemon.capture.read_periods``); the baselines read one period at a time.
+        """20 ms periods per ALSA read: dgd reads a frame, up to ``alsadevice.MAX_READ_MS``
+        (mirrors ``dgd.daemon.alsadevice.read_periods``); the baselines read one period at a time.
 
         The FifoMic writes this much per write, as a sound card with that period size would
         wake its reader, and because a write that is not whole reads corrupts the stream."""

@@ -181,7 +181,7 @@ def check_config(path: str | None, *, open_device: bool, require_device: bool = 
 
 
 def _device_problems(config: Config) -> tuple[list[str], bool]:
-    """Open the device as ``dgd run`` would: `dgd.daemon.capture.open_pcm` also refuses one
+    """Open the device as ``dgd run`` would: `dgd.daemon.alsadevice.open_pcm` also refuses one
     that does not deliver the configured format (S16_LE, audio.rate, audio.channels).
 
     Returns:
@@ -189,7 +189,7 @@ def _device_problems(config: Config) -> tuple[list[str], bool]:
         ``dgd run`` waits for it). A device in the wrong format is never merely absent.
     """
     from dgd.core.pipeline import pcm_format
-    from dgd.daemon.capture import DeviceError, DeviceProblem, read_periods
+    from dgd.daemon.alsadevice import DeviceError, DeviceProblem, read_periods
     from dgd.tools.devices import DeviceTimeout, open_with_timeout
 
     audio = config.audio

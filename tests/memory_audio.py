@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgd.daemon.capture import DeviceError, DeviceProblem, SourceSpec
+from dgd.daemon.alsadevice import DeviceError, DeviceProblem
 
 if TYPE_CHECKING:
     from dgd.core.pcm import PcmFormat
+    from dgd.daemon.capture import SourceSpec
 
 #: Wall-clock time of trio time 0 in these tests: the offset that labels the capture timeline
 #: (trio's clock, as the monotonic clock is in the daemon).

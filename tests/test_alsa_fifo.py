@@ -21,7 +21,7 @@ from typing import Any
 import alsaaudio
 import pytest
 
-from dgd.daemon.capture import DeviceProblem, classify_alsa_error
+from dgd.daemon.alsadevice import DeviceProblem, classify_alsa_error
 from dgd.testing.fifomic import alsa_config_path, write_alsa_conf
 from tests.harness import (  # the fixtures are imported by name for pytest
     BYTES_PER_S,

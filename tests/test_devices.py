@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import alsaaudio
 import pytest
@@ -20,12 +21,11 @@ from dgd.core.config import Config
 from dgd.core.pcm import PcmFormat
 from dgd.core.pipeline import make_pipeline
 from dgd.core.status import StatusBoard
-from dgd.daemon.capture import (
+from dgd.daemon.alsadevice import (
     DeviceError,
     DeviceProblem,
     Negotiated,
     Offers,
-    SourceSpec,
     format_mismatch,
     open_pcm,
     open_pcm_unchecked,
@@ -44,6 +44,9 @@ from dgd.tools.devices import (
     unusable,
     usable_formats,
 )
+
+if TYPE_CHECKING:
+    from dgd.daemon.capture import SourceSpec
 
 MAIN = Path(__file__).resolve().parent.parent
 ALL_FORMATS = tuple(

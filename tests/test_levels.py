@@ -21,7 +21,7 @@ import alsaaudio
 import pytest
 
 from dgd.core.pcm import SILENCE_DBFS, PcmFormat
-from dgd.daemon.capture import DeviceError, classify_alsa_error
+from dgd.daemon.alsadevice import DeviceError, classify_alsa_error
 from dgd.tools.levels import Meter, _Reader
 from dgd.tools.levelstats import (
     LevelStats,

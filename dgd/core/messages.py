@@ -11,6 +11,9 @@ time lies within the audio actually sent is the session's check (``dgd.core.sess
 knows how much was sent. This module does no I/O. What belongs to the
 connection rather than to a message (the URL, authentication, handshake rejections, close
 frames) is in ``dgd.core.connection``.
+
+It is over the project's 400 lines on purpose: each message's schema and its bounds (what
+is refused at the door, and why) read best side by side.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ from dgd.core.timemap import CONTIGUOUS_TOLERANCE_S
 if TYPE_CHECKING:
     from dgd.core.config import Config
 
-#: A read can return late by up to the ALSA buffer (dgd.daemon.capture.ALSA_BUFFER_MS, 500 ms)
+#: A read can return late by up to the ALSA buffer (dgd.daemon.alsadevice.ALSA_BUFFER_MS, 500 ms)
 #: without losing audio: later than that, or this much earlier than the schedule, samples are
 #: missing (a stall that delivered nothing, a lost overrun) and the clock re-anchors.
 MAX_READ_LATENESS_S: Final = 0.6

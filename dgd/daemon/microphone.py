@@ -18,7 +18,8 @@ import trio
 from dgd.core.backoff import DeviceRetry
 from dgd.core.health import CaptureFacts, CaptureHealth, CaptureState
 from dgd.core.pipeline import CaptureStatistics
-from dgd.daemon.capture import DeviceError, DeviceProblem, Heartbeat, SourceSpec, read_periods
+from dgd.daemon.alsadevice import DeviceError, DeviceProblem, read_periods
+from dgd.daemon.capture import Heartbeat, SourceSpec
 from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:

@@ -1,8 +1,8 @@
 """`dgd levels`: a live input level meter that ends with a suggested gate threshold.
 
-This is the I/O shell: `main` opens the device with `dgd.daemon.capture.open_pcm` (as the
+This is the I/O shell: `main` opens the device with `dgd.daemon.alsadevice.open_pcm` (as the
 daemon does), a worker thread reads it with the daemon's read loop
-(`dgd.daemon.capture.read_stream`) and joins the reads into whole periods, and the main
+(`dgd.daemon.alsadevice.read_stream`) and joins the reads into whole periods, and the main
 thread measures and draws. The measuring, the threshold rule, the report and the meter line
 are pure and live in `dgd.tools.levelstats`.
 """
@@ -22,7 +22,7 @@ from dgd.core.events import AudioFrame
 from dgd.core.gate import Gate, GateMode
 from dgd.core.pcm import SILENCE_DBFS, PcmFormat
 from dgd.core.pipeline import CapturePipeline
-from dgd.daemon.capture import DeviceError, read_stream
+from dgd.daemon.alsadevice import DeviceError, read_stream
 from dgd.daemon.configfile import load
 from dgd.tools.devices import DeviceTimeout, open_with_timeout
 from dgd.tools.levelstats import (
