@@ -388,6 +388,10 @@ def repeats_fixture(caplog: pytest.LogCaptureFixture) -> Iterator[RepeatFilter]:
 def set_immutable(path: Path, on: bool) -> None:
     """Make a directory refuse new files, also to root (chattr +i), or allow them again."""
     if os.geteuid() == 0:
+        if shutil.which("chattr") is None:  # a minimal root (the Debian 13 chroot)
+            if on:
+                pytest.skip("root needs chattr (e2fsprogs) to make a directory refuse files")
+            return
         subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
     else:
         path.chmod(0o555 if on else 0o755)
