@@ -9,6 +9,7 @@ has a single owner.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -563,3 +564,17 @@ def fake_server_fixture(tmp_path: Path) -> Iterator[FakeServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+@functools.cache
+def _bundled_sample() -> tuple[bytes, list[SampleUtterance]]:
+    return load_sample()
+
+
+def sample_utterance(index: int) -> bytes:
+    """The bytes of utterance ``index`` of the bundled sample (16 kHz mono S16_LE): 0 "kitchen
+    lights" 1.83 s, 1 "weather in Berlin" 2.54 s, 2 "timer" 1.85 s, 3 "quick brown fox"
+    3.04 s, 4 "thank you" 2.16 s (dgd/data/sample.json)."""
+    sample, utterances = _bundled_sample()
+    u = utterances[index]
+    return sample[u.start_byte : u.end_byte]

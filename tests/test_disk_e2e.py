@@ -38,6 +38,7 @@ from tests.harness import (
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
     parse_rfc3339,
+    sample_utterance,
 )
 
 if TYPE_CHECKING:
@@ -60,10 +61,7 @@ FINAL_TIMEOUT_S: Final = 15.0
 SAMPLE, UTTERANCES = load_sample()
 
 
-def utterance(index: int) -> bytes:
-    """The bytes of sample utterance ``index`` (0 "kitchen lights" 1.83 s, 2 "timer" 1.85 s)."""
-    u = UTTERANCES[index]
-    return SAMPLE[u.start_byte : u.end_byte]
+utterance = sample_utterance  # the bytes of sample utterance ``index``
 
 
 @contextlib.contextmanager

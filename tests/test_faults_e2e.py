@@ -46,6 +46,7 @@ from tests.harness import (
     client_message_gaps_s,
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
+    sample_utterance,
 )
 
 if TYPE_CHECKING:
@@ -68,10 +69,7 @@ PREROLL_S = 0.3
 HANGOVER_S = 1.5
 
 
-def utterance(index: int) -> bytes:
-    """The bytes of sample utterance ``index``."""
-    u = UTTERANCES[index]
-    return SAMPLE[u.start_byte : u.end_byte]
+utterance = sample_utterance  # the bytes of sample utterance ``index``
 
 
 def assert_mid_utterance(fraction: float, what: str, diagnostics: str) -> None:

@@ -34,6 +34,7 @@ from tests.harness import (
     BYTES_PER_S,
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
+    sample_utterance,
 )
 
 if TYPE_CHECKING:
@@ -63,10 +64,7 @@ LOGGED = [
 ]
 
 
-def utterance(index: int) -> bytes:
-    """The bytes of sample utterance ``index``."""
-    u = UTTERANCES[index]
-    return SAMPLE[u.start_byte : u.end_byte]
+utterance = sample_utterance  # the bytes of sample utterance ``index``
 
 
 def wait_fault(record_dir: Path, attempt: int, timeout_s: float) -> bool:

@@ -63,6 +63,7 @@ from tests.harness import (
     load_sample,
     overlapping,
     parse_rfc3339,
+    sample_utterance,
 )
 
 if TYPE_CHECKING:
@@ -76,10 +77,7 @@ SAMPLE, UTTERANCES = load_sample()
 STEP_TIMEOUT_S: Final = 10.0
 
 
-def utterance(index: int) -> bytes:
-    """One sentence of the bundled sample (16 kHz mono S16_LE)."""
-    u = UTTERANCES[index]
-    return SAMPLE[u.start_byte : u.end_byte]
+utterance = sample_utterance  # the bytes of sample utterance ``index``
 
 
 @functools.cache

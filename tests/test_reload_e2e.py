@@ -25,6 +25,7 @@ from tests.harness import (
     BYTES_PER_S,
     journald_fixture,  # noqa: F401  (the fixture, by name)
     load_sample,
+    sample_utterance,
 )
 
 if TYPE_CHECKING:
@@ -37,9 +38,7 @@ GAP_S = 2.5
 TAIL_S = 2.0
 
 
-def utterance(index: int) -> bytes:
-    u = UTTERANCES[index]
-    return SAMPLE[u.start_byte : u.end_byte]
+utterance = sample_utterance  # the bytes of sample utterance ``index``
 
 
 def reload_and_wait(rig: FaultRig, nth: int) -> list[str]:
