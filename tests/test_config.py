@@ -21,6 +21,7 @@ from dgd.core.config import (
     UNIT_STOP_TIMEOUT_S,
     ApiKey,
     AudioConfig,
+    AuthMode,
     Config,
     ConfigError,
     DeepgramConfig,
@@ -157,6 +158,46 @@ GOOD: list[tuple[str, Config]] = [
             ),
             log=LogConfig(level=LogLevel.DEBUG),
         ),
+    ),
+    (
+        '[deepgram]\nregion = "eu"\n',
+        replace(
+            D,
+            deepgram=replace(D.deepgram, url="wss://api.eu.deepgram.com/v1/listen", region="eu"),
+        ),
+    ),
+    (
+        # The region's own URL written out as well is not a conflict (dump writes both).
+        '[deepgram]\nregion = "global"\nurl = "wss://api.deepgram.com/v1/listen"\n',
+        replace(D, deepgram=replace(D.deepgram, region="global")),
+    ),
+    (
+        '[deepgram]\nauth = "command"\ntoken_command = "/usr/local/bin/dg-token"\n',
+        replace(
+            D,
+            deepgram=replace(
+                D.deepgram, auth=AuthMode.COMMAND, token_command=("/usr/local/bin/dg-token",)
+            ),
+        ),
+    ),
+    (
+        '[deepgram]\nauth = "grant"\ngrant_ttl_s = 3600\nca_file = "/etc/dgd/ca.pem"\n'
+        'proxy = "http://proxy.lan:3128"\nproxy_credentials_file = "/etc/dgd/proxy"\n',
+        replace(
+            D,
+            deepgram=replace(
+                D.deepgram,
+                auth=AuthMode.GRANT,
+                grant_ttl_s=3600,
+                ca_file="/etc/dgd/ca.pem",
+                proxy="http://proxy.lan:3128",
+                proxy_credentials_file="/etc/dgd/proxy",
+            ),
+        ),
+    ),
+    (
+        '[deepgram]\nproxy = "direct"\nauth = "none"\n',
+        replace(D, deepgram=replace(D.deepgram, proxy="direct", auth=AuthMode.NONE)),
     ),
 ]
 
@@ -418,6 +459,76 @@ BAD: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ('[deepgram.query]\n"" = 1\n', ("deepgram.query: parameter name must not be empty",)),
+    (
+        '[deepgram]\nregion = "eu-west"\n',
+        (
+            'deepgram.region: must be one of "global", "eu", "us", "in", "au", or empty'
+            ' (got "eu-west")',
+        ),
+    ),
+    (
+        '[deepgram]\nregion = "us"\nurl = "ws://127.0.0.1:8765/v1/listen"\n',
+        (
+            "deepgram.region: sets the endpoint to wss://api.us.deepgram.com/v1/listen, but"
+            ' deepgram.url says ws://127.0.0.1:8765/v1/listen; keep one (got "us")',
+        ),
+    ),
+    (
+        '[deepgram]\nauth = "token"\n',
+        ('deepgram.auth: must be one of "key", "grant", "command", "none" (got "token")',),
+    ),
+    (
+        '[deepgram]\nauth = "command"\n',
+        (
+            "deepgram.token_command: must name the program that prints a token when"
+            ' deepgram.auth = "command"',
+        ),
+    ),
+    (
+        '[deepgram]\ntoken_command = ["dg-token", "-v"]\n',
+        (
+            "deepgram.token_command: the program must be an absolute path (no shell runs it,"
+            ' and no PATH is searched) (got ["dg-token", "-v"])',
+        ),
+    ),
+    (
+        "[deepgram]\ntoken_command = [1]\ngrant_ttl_s = 0\n",
+        (
+            "deepgram.token_command: must be a list of strings: the program and its arguments"
+            " (got [1])",
+            "deepgram.grant_ttl_s: must be >= 1 (got 0)",
+        ),
+    ),
+    (
+        '[deepgram]\nca_file = "ca.pem"\nproxy_credentials_file = "proxy"\n',
+        (
+            "deepgram.ca_file: must be an absolute path to a PEM file of CA certificates, or"
+            ' empty (got "ca.pem")',
+            "deepgram.proxy_credentials_file: must be an absolute path to a file holding"
+            ' user:password for the proxy, or empty (got "proxy")',
+        ),
+    ),
+    (
+        f'[deepgram]\nproxy = "http://user:{SECRET}@proxy:3128"\n',
+        (
+            "deepgram.proxy: must not contain credentials; put user:password in"
+            " deepgram.proxy_credentials_file",
+        ),
+    ),
+    (
+        '[deepgram]\nproxy = "https://proxy:3128"\n',
+        (
+            'deepgram.proxy: must be "http://host:port" (dgd speaks HTTP CONNECT to the proxy),'
+            ' "direct" or empty (use $https_proxy) (got "https://proxy:3128")',
+        ),
+    ),
+    (
+        '[deepgram]\nproxy = "http://proxy:0"\n',
+        (
+            "deepgram.proxy: the port must be a whole number between 1 and 65535, not 0"
+            ' (got "http://proxy:0")',
+        ),
+    ),
 ]
 
 
@@ -802,7 +913,14 @@ DEFAULTS_TEXT: str = """\
 
 [deepgram]
 url = "wss://api.deepgram.com/v1/listen"
+region = ""
 api_key_file = ""
+auth = "key"
+token_command = []
+grant_ttl_s = 30
+ca_file = ""
+proxy = ""
+proxy_credentials_file = ""
 
 [deepgram.query]
 model = "nova-3"
@@ -851,6 +969,12 @@ BUSY: Config = Config(
     deepgram=DeepgramConfig(
         url="ws://127.0.0.1:8765/v1/listen",
         api_key_file="/etc/dgd/clé api",
+        auth=AuthMode.COMMAND,
+        token_command=("/usr/local/bin/dg token", "--ttl", "60"),
+        grant_ttl_s=3600,
+        ca_file="/etc/ssl/private ca.pem",
+        proxy="http://[::1]:3128",
+        proxy_credentials_file="/etc/dgd/proxy",
         query=(
             ("model", "nova-2"),
             ("keyterm", "dgd"),
@@ -876,7 +1000,14 @@ BUSY_TEXT: str = f"""\
 
 [deepgram]
 url = "ws://127.0.0.1:8765/v1/listen"
+region = ""
 api_key_file = "/etc/dgd/clé api"
+auth = "command"
+token_command = ["/usr/local/bin/dg token", "--ttl", "60"]
+grant_ttl_s = 3600
+ca_file = "/etc/ssl/private ca.pem"
+proxy = "http://[::1]:3128"
+proxy_credentials_file = "/etc/dgd/proxy"
 
 [deepgram.query]
 model = "nova-2"
@@ -994,7 +1125,14 @@ def test_redacted_lists_every_key_with_defaults() -> None:
     assert data == {
         "deepgram": {
             "url": "wss://api.deepgram.com/v1/listen",
+            "region": "",
             "api_key_file": "",
+            "auth": "key",
+            "token_command": [],
+            "grant_ttl_s": 30,
+            "ca_file": "",
+            "proxy": "",
+            "proxy_credentials_file": "",
             "query": {
                 "model": "nova-3",
                 "language": "en-US",
@@ -1315,3 +1453,47 @@ def test_module_is_pure() -> None:
     for banned in ("import trio", "import socket", "import alsaaudio", "time.time", "monotonic"):
         assert banned not in source
     assert os.path.basename(DEFAULT_CONFIG_PATH) == "dgd.toml"
+
+
+SELF_HOSTED = "ws://127.0.0.1:8765/v1/listen"
+NO_KEY = ApiKey("", "none (a self-hosted server: connecting without an Authorization header)")
+
+
+@pytest.mark.parametrize(
+    ("auth", "url", "key_file_content", "expected"),
+    [
+        # No key read at all for these two modes, even where one would be found.
+        (
+            AuthMode.COMMAND,
+            D.deepgram.url,
+            b"k",
+            ApiKey("", 'none needed (deepgram.auth = "command")'),
+        ),
+        (AuthMode.NONE, D.deepgram.url, b"k", ApiKey("", 'none needed (deepgram.auth = "none")')),
+        # A self-hosted server: no key, or an empty file, means no header.
+        (AuthMode.KEY, SELF_HOSTED, None, NO_KEY),
+        (AuthMode.KEY, SELF_HOSTED, b"\n", NO_KEY),
+        (AuthMode.KEY, SELF_HOSTED, b"k\n", ApiKey("k", "credential deepgram-api-key")),
+        # Deepgram's own hosts, any region, always need one (the grant needs one everywhere).
+        (AuthMode.KEY, "wss://api.eu.deepgram.com/v1/listen", None, None),
+        (AuthMode.KEY, "wss://deepgram.com.example/v1/listen", None, NO_KEY),
+        (AuthMode.GRANT, SELF_HOSTED, None, None),
+        (AuthMode.KEY, D.deepgram.url, b"", None),
+    ],
+)
+def test_api_key_needed_by_auth_mode_and_host(
+    tmp_path: Path,
+    auth: AuthMode,
+    url: str,
+    key_file_content: bytes | None,
+    expected: ApiKey | None,
+) -> None:
+    environ = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
+    if key_file_content is not None:
+        (tmp_path / "deepgram-api-key").write_bytes(key_file_content)
+    cfg = replace(D.deepgram, auth=auth, url=url)
+    if expected is None:
+        with pytest.raises(ConfigError, match="deepgram-api-key"):
+            load_api_key(cfg, environ)
+    else:
+        assert load_api_key(cfg, environ) == (expected, [])

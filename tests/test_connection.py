@@ -11,9 +11,11 @@ from dgd.core.connection import (
     CloseInfo,
     HandshakeRejection,
     auth_headers,
+    is_deepgram_host,
     listen_url,
     parse_close,
     parse_rejection,
+    region_url,
 )
 
 # --- URL and headers ------------------------------------------------------------------------
@@ -342,3 +344,34 @@ def test_fuzz_parse_close_never_raises() -> None:
         info = parse_close(rng.randrange(1000, 5000), reason)
         assert info.tag in {"", "NET-0001", "NET-0000", "DATA-0000"}
         assert info.reason.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("wss://api.deepgram.com/v1/listen", True),
+        ("wss://api.eu.deepgram.com/v1/listen", True),
+        ("wss://API.US.DEEPGRAM.COM./v1/listen", True),
+        ("wss://deepgram.com/v1/listen", True),
+        ("wss://deepgram.com.example/v1/listen", False),
+        ("wss://notdeepgram.com/v1/listen", False),
+        ("ws://127.0.0.1:8765/v1/listen", False),
+        ("ws://[::1]:8765/v1/listen", False),
+    ],
+)
+def test_is_deepgram_host(url: str, expected: bool) -> None:
+    assert is_deepgram_host(url) is expected
+
+
+@pytest.mark.parametrize(
+    ("region", "expected"),
+    [
+        ("global", "wss://api.deepgram.com/v1/listen"),
+        ("eu", "wss://api.eu.deepgram.com/v1/listen"),
+        ("us", "wss://api.us.deepgram.com/v1/listen"),
+        ("in", "wss://api.in.deepgram.com/v1/listen"),
+        ("au", "wss://api.au.deepgram.com/v1/listen"),
+    ],
+)
+def test_region_url(region: str, expected: str) -> None:
+    assert region_url(region) == expected

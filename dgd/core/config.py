@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Final
 
 from dgd.core import tomltext
-from dgd.core.connection import AUDIO_QUERY_KEYS, SECRET_QUERY_KEYS
+from dgd.core.connection import AUDIO_QUERY_KEYS, REGION_HOSTS, SECRET_QUERY_KEYS, region_url
 from dgd.core.gate import GateMode
 from dgd.core.tomltext import MISSING, Table
 
@@ -68,6 +68,19 @@ class LogLevel(enum.StrEnum):
     ERROR = "error"
 
 
+class AuthMode(enum.StrEnum):
+    """How dgd authenticates each connection (``deepgram.auth``)."""
+
+    KEY = "key"  # Authorization: Token <API key>
+    GRANT = "grant"  # a temporary token from /v1/auth/grant (with the key), sent as Bearer
+    COMMAND = "command"  # a token printed by deepgram.token_command, sent as Bearer
+    NONE = "none"  # no Authorization header (a self-hosted server without authentication)
+
+
+#: ``deepgram.proxy`` value that turns proxies off, whatever the environment says.
+PROXY_DIRECT: Final = "direct"
+
+
 class ConfigError(Exception):
     """The configuration (or the API key) is unusable.
 
@@ -92,13 +105,29 @@ class DeepgramConfig:
     """Where to connect and what to ask for.
 
     Attributes:
-        url: the live endpoint, ``ws://`` or ``wss://``, without a query string.
+        url: the live endpoint, ``ws://`` or ``wss://``, without a query string (the region's
+            endpoint when ``region`` is set).
+        region: ``""`` or a key of ``dgd.core.connection.REGION_HOSTS`` (``eu``, ``us``, ...).
         api_key_file: absolute path of a file holding only the key; ``""`` to look elsewhere.
+        auth: how each connection authenticates.
+        token_command: the program (argv, no shell) that prints a token, for ``auth = "command"``.
+        grant_ttl_s: ``ttl_seconds`` asked of ``/v1/auth/grant`` for ``auth = "grant"``.
+        ca_file: absolute path of a PEM bundle trusted in addition to the system's CAs.
+        proxy: ``""`` (the environment's ``https_proxy``/``no_proxy``, as curl), ``"direct"``, or
+            ``http://host:port``.
+        proxy_credentials_file: absolute path of a file holding ``user:password`` for the proxy.
         query: ``[deepgram.query]`` as string pairs in file order, lists expanded to repeats.
     """
 
     url: str = DEFAULT_URL
+    region: str = ""
     api_key_file: str = ""
+    auth: AuthMode = AuthMode.KEY
+    token_command: tuple[str, ...] = ()
+    grant_ttl_s: int = 30
+    ca_file: str = ""
+    proxy: str = ""
+    proxy_credentials_file: str = ""
     query: tuple[tuple[str, str], ...] = DEFAULT_QUERY
 
 
@@ -298,6 +327,78 @@ def _url_problem(url: str, authority: str) -> str:
     return ""
 
 
+def _region(table: Table, url: str) -> str:
+    region = table.string("region", "")
+    if "region" in table.bad or not region:
+        return ""
+    if region not in REGION_HOSTS:
+        allowed = ", ".join(tomltext.string(name) for name in REGION_HOSTS)
+        table.problem("region", f"must be one of {allowed}, or empty", region)
+        return ""
+    if "url" in table.raw and "url" not in table.bad and url != region_url(region):
+        # Two answers to "where": refuse rather than guess which one the operator meant.
+        table.problem(
+            "region",
+            f"sets the endpoint to {region_url(region)}, but deepgram.url says {url}; keep one",
+            region,
+        )
+        return ""
+    return region
+
+
+def _token_command(table: Table, auth: AuthMode) -> tuple[str, ...]:
+    got = table.take("token_command")
+    if got is MISSING:
+        argv: tuple[str, ...] = ()
+    elif isinstance(got, str):
+        argv = (got,) if got else ()
+    elif isinstance(got, list) and all(isinstance(item, str) for item in got):
+        argv = tuple(str(item) for item in got)
+    else:
+        table.problem(
+            "token_command", "must be a list of strings: the program and its arguments", got
+        )
+        return ()
+    if argv and not argv[0].startswith("/"):
+        table.problem(
+            "token_command",
+            "the program must be an absolute path (no shell runs it, and no PATH is searched)",
+            list(argv),
+        )
+    elif auth is AuthMode.COMMAND and not argv:
+        table.problem(
+            "token_command",
+            'must name the program that prints a token when deepgram.auth = "command"',
+        )
+    return argv
+
+
+def _proxy(table: Table) -> str:
+    proxy = table.string("proxy", "")
+    if "proxy" in table.bad or proxy in ("", PROXY_DIRECT):
+        return proxy
+    scheme, sep, rest = proxy.partition("://")
+    authority = rest.rstrip("/")
+    if "@" in authority:
+        # Never echo it: the part before "@" is a password.
+        table.problem(
+            "proxy",
+            "must not contain credentials; put user:password in deepgram.proxy_credentials_file",
+        )
+    elif not sep or scheme != "http" or not authority or "/" in authority:
+        table.problem(
+            "proxy",
+            f'must be "http://host:port" (dgd speaks HTTP CONNECT to the proxy), "{PROXY_DIRECT}"'
+            " or empty (use $https_proxy)",
+            proxy,
+        )
+    else:
+        problem = _url_problem(proxy, authority)
+        if problem:
+            table.problem("proxy", problem.replace("ws:// or wss://", "http://"), proxy)
+    return proxy
+
+
 def describe_char(char: str) -> str:
     """A character as a message can show it: ``"’" (U+2019)``, or ``U+0009`` if invisible."""
     code = f"U+{ord(char):04X}"
@@ -341,7 +442,18 @@ def parse(data: Mapping[str, object]) -> Config:
 
     dg = section("deepgram")
     url = _url(dg)
+    region = _region(dg, url)
+    if region:
+        url = region_url(region)
     key_file = _absolute_path(dg, "api_key_file", "a file holding the API key", show=False)
+    auth = dg.choice("auth", d.deepgram.auth)
+    token_command = _token_command(dg, auth)
+    grant_ttl_s = dg.integer("grant_ttl_s", d.deepgram.grant_ttl_s, 1, 3600)
+    ca_file = _absolute_path(dg, "ca_file", "a PEM file of CA certificates")
+    proxy = _proxy(dg)
+    proxy_credentials_file = _absolute_path(
+        dg, "proxy_credentials_file", "a file holding user:password for the proxy"
+    )
     raw_query = dg.table("query")
     query = DEFAULT_QUERY if raw_query is None else _query(raw_query, problems)
 
@@ -422,7 +534,18 @@ def parse(data: Mapping[str, object]) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(
-        deepgram=DeepgramConfig(url=url, api_key_file=key_file, query=query),
+        deepgram=DeepgramConfig(
+            url=url,
+            region=region,
+            api_key_file=key_file,
+            auth=auth,
+            token_command=token_command,
+            grant_ttl_s=grant_ttl_s,
+            ca_file=ca_file,
+            proxy=proxy,
+            proxy_credentials_file=proxy_credentials_file,
+            query=query,
+        ),
         audio=AudioConfig(device=device, rate=rate, channels=channels, period_ms=period_ms),
         gate=GateConfig(
             mode=mode, threshold_dbfs=threshold, preroll_ms=preroll_ms, hangover_ms=hangover_ms

@@ -25,6 +25,18 @@ if TYPE_CHECKING:
 AUDIO_QUERY_KEYS: Final = frozenset({"encoding", "sample_rate", "channels"})
 #: Query keys whose values are credentials: never printed or logged (config, fake server).
 SECRET_QUERY_KEYS: Final = frozenset({"token", "access_token", "api_key", "apikey", "key"})
+#: Deepgram's hosted endpoints by ``deepgram.region``. A regional endpoint keeps storage and
+#: inference in its region and never falls back to another; with ``mip_opt_out=true`` in
+#: ``[deepgram.query]`` all processing stays there (docs/DEEPGRAM.md, "Regions").
+REGION_HOSTS: Final = {
+    "global": "api.deepgram.com",
+    "eu": "api.eu.deepgram.com",
+    "us": "api.us.deepgram.com",
+    "in": "api.in.deepgram.com",
+    "au": "api.au.deepgram.com",
+}
+#: Hosts under this domain are Deepgram's own (they always ask for credentials).
+DEEPGRAM_DOMAIN: Final = "deepgram.com"
 #: Length of a handshake rejection's non-JSON body kept as ``err_msg`` (one log line).
 REJECTION_TEXT_CHARS: Final = 200
 #: Largest handshake rejection body that is JSON-parsed; Deepgram's are ~150 bytes, while a
@@ -34,6 +46,18 @@ MAX_REJECTION_BODY_BYTES: Final = 1 << 16
 ABNORMAL_CLOSURE: Final = 1006
 #: The close code of a stream that ended as asked (after ``CloseStream``).
 NORMAL_CLOSURE: Final = 1000
+
+
+def region_url(region: str) -> str:
+    """The live endpoint of ``region`` (a key of ``REGION_HOSTS``)."""
+    return f"wss://{REGION_HOSTS[region]}/v1/listen"
+
+
+def is_deepgram_host(url: str) -> bool:
+    """True when ``url`` points at Deepgram's hosted API (which always wants credentials),
+    false for a self-hosted server."""
+    host = (urllib.parse.urlsplit(url).hostname or "").rstrip(".").lower()
+    return host == DEEPGRAM_DOMAIN or host.endswith("." + DEEPGRAM_DOMAIN)
 
 
 def listen_url(base_url: str, query: Sequence[tuple[str, str]], rate_hz: int, channels: int) -> str:

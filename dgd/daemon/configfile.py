@@ -16,11 +16,13 @@ from dgd.core.config import (
     API_KEY_ENV,
     CREDENTIAL_NAME,
     ApiKey,
+    AuthMode,
     Config,
     ConfigError,
     describe_char,
     loads,
 )
+from dgd.core.connection import is_deepgram_host
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -62,8 +64,9 @@ def load(path: str | os.PathLike[str]) -> Config:
     return loads(text, source=name)
 
 
-def _read_key(path: str, where: str) -> str:
-    """Read and check a key file; ``where`` names the setting that pointed at it."""
+def _read_key(path: str, where: str, *, may_be_empty: bool = False) -> str:
+    """Read and check a key file; ``where`` names the setting that pointed at it. An empty
+    file gives ``""`` when ``may_be_empty`` (a self-hosted server needs no key)."""
     try:
         with open(path, "rb") as file:
             raw = file.read()
@@ -83,6 +86,8 @@ def _read_key(path: str, where: str) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"{where}: {path} is not text; it must hold only the API key") from None
     if not key:
+        if may_be_empty:
+            return ""
         raise ConfigError(f"{where}: {path} is empty; put the Deepgram API key in it")
     if any(c.isspace() for c in key):
         raise ConfigError(
@@ -119,6 +124,11 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
     ``$CREDENTIALS_DIRECTORY/deepgram-api-key`` (if that file exists), then
     ``$DEEPGRAM_API_KEY``. Surrounding whitespace is stripped. No message contains the key.
 
+    ``deepgram.auth = "command"`` or ``"none"`` uses no key: none is read (``ApiKey("")``).
+    With ``"key"`` and a self-hosted server (a ``deepgram.url`` host outside deepgram.com) the
+    key is optional: no key, or an empty file, gives ``ApiKey("")`` and dgd sends no
+    ``Authorization`` header; the server's 401 then says that it wants one.
+
     Args:
         cfg: the [deepgram] config.
         environ: the process environment (``os.environ`` in production).
@@ -130,9 +140,15 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
         ConfigError: no key anywhere, or the chosen source is unreadable, empty or malformed.
     """
     warnings: list[str] = []
+    if cfg.auth in (AuthMode.COMMAND, AuthMode.NONE):
+        return ApiKey("", f'none needed (deepgram.auth = "{cfg.auth}")'), warnings
+    optional = cfg.auth is AuthMode.KEY and not is_deepgram_host(cfg.url)
+    no_key = ApiKey("", "none (a self-hosted server: connecting without an Authorization header)")
     if cfg.api_key_file:
         path = cfg.api_key_file
-        key = _read_key(path, "deepgram.api_key_file")
+        key = _read_key(path, "deepgram.api_key_file", may_be_empty=optional)
+        if not key:
+            return no_key, warnings
         try:
             mode = os.stat(path).st_mode
         except OSError:
@@ -149,13 +165,15 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
         path = os.path.join(cred_dir, CREDENTIAL_NAME)
         if os.path.exists(path):
             try:
-                key = _read_key(path, f"credential {CREDENTIAL_NAME}")
+                key = _read_key(path, f"credential {CREDENTIAL_NAME}", may_be_empty=optional)
             except ConfigError as exc:
                 raise ConfigError(
                     f"{problem} (the shipped unit loads it from /etc/dgd/api-key: "
                     "`sudoedit /etc/dgd/api-key`, then `systemctl restart dgd`)"
                     for problem in exc.problems
                 ) from None
+            if not key:
+                return no_key, warnings
             return ApiKey(key, f"credential {CREDENTIAL_NAME}"), warnings
 
     if environ.get(API_KEY_ENV, "").strip():
@@ -165,6 +183,8 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
         check_key_characters(key, f"${API_KEY_ENV}")
         return ApiKey(key, f"environment {API_KEY_ENV}"), warnings
 
+    if optional:
+        return no_key, warnings
     looked = (
         f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME} does not exist"
         if cred_dir
