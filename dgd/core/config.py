@@ -5,25 +5,29 @@ each naming the TOML key path; ``dump()`` writes any Config as TOML text that pa
 it (``dgd check-config`` prints it with the secrets redacted). Reading the file and the key is
 ``dgd.daemon.configfile``'s; this module does no I/O.
 
-It is a little over the project's 400 lines on purpose: it is the schema of one file, and the
-defaults, the parse rule and the dump of each key belong side by side (what TOML itself needs
-is in ``dgd.core.tomltext``).
+It is over the project's 400 lines on purpose: it is the schema of one file, and the defaults,
+the parse rule and the dump of each key belong side by side. What TOML itself needs is in
+``dgd.core.tomltext``; the checks of the URLs dgd connects to are in ``dgd.core.urlcheck``.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Final
 
-from dgd.core import tomltext
-from dgd.core.connection import AUDIO_QUERY_KEYS, REGION_HOSTS, SECRET_QUERY_KEYS, region_url
+from dgd.core import tomltext, urlcheck
+from dgd.core.connection import AUDIO_QUERY_KEYS, SECRET_QUERY_KEYS, region_url
 from dgd.core.gate import GateMode
 from dgd.core.tomltext import MISSING, Table
+
+# Re-exported: the rest of dgd knows these as config's.
+from dgd.core.urlcheck import DEFAULT_URL as DEFAULT_URL
+from dgd.core.urlcheck import PROXY_DIRECT as PROXY_DIRECT
+from dgd.core.urlcheck import describe_char as describe_char
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -33,7 +37,6 @@ DEFAULT_CONFIG_PATH: Final = "/etc/dgd.toml"
 CREDENTIAL_NAME: Final = "deepgram-api-key"
 API_KEY_ENV: Final = "DEEPGRAM_API_KEY"
 
-DEFAULT_URL: Final = "wss://api.deepgram.com/v1/listen"
 DEFAULT_QUERY: Final[tuple[tuple[str, str], ...]] = (
     ("model", "nova-3"),
     ("language", "en-US"),
@@ -75,10 +78,6 @@ class AuthMode(enum.StrEnum):
     GRANT = "grant"  # a temporary token from /v1/auth/grant (with the key), sent as Bearer
     COMMAND = "command"  # a token printed by deepgram.token_command, sent as Bearer
     NONE = "none"  # no Authorization header (a self-hosted server without authentication)
-
-
-#: ``deepgram.proxy`` value that turns proxies off, whatever the environment says.
-PROXY_DIRECT: Final = "direct"
 
 
 class ConfigError(Exception):
@@ -251,101 +250,6 @@ def _query_value(value: object) -> str | None:
     return None
 
 
-def _url(table: Table) -> str:
-    url = table.string("url", DEFAULT_URL)
-    if "url" in table.bad:
-        return url
-    scheme, sep, rest = url.partition("://")
-    authority = rest.split("/", 1)[0]
-    if "@" in authority:
-        # Never echo it: the part before "@" may well be a secret.
-        table.problem("url", "must not contain credentials; use deepgram.api_key_file")
-    elif not sep or scheme not in ("ws", "wss") or not authority:
-        hint = ""
-        if scheme in ("http", "https") and sep:
-            hint = f"; for {scheme}:// use {'wss' if scheme == 'https' else 'ws'}://"
-        table.problem("url", f"must be a ws:// or wss:// URL with a host{hint}", url)
-    elif "?" in url or "#" in url:
-        table.problem("url", "must not contain a query string; use [deepgram.query]", url)
-    else:
-        problem = _url_problem(url, authority)
-        if problem:
-            table.problem("url", problem, url)
-    return url
-
-
-#: A host name's label (RFC 1123, and "_", which DNS allows and resolvers pass).
-_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9_-]{1,63}")
-_IPV6_EXAMPLE: Final = "e.g. ws://[::1]:8765/v1/listen"
-
-
-def _url_problem(url: str, authority: str) -> str:
-    """What in a ws(s):// URL the WebSocket client would fail on, or ``""``.
-
-    urllib.parse (which trio-websocket uses) raises on a port out of range or not a number and
-    on unbalanced brackets; h11 refuses a request target with spaces, control characters or
-    non-ASCII; the resolver's IDNA step refuses empty or over-long labels. Each would end
-    `dgd run` with a traceback at the first connection, so they are configuration errors.
-    """
-    for position, char in enumerate(url, 1):
-        if not "\x21" <= char <= "\x7e":
-            return (
-                "must be printable ASCII without spaces (percent-encode the path, write an"
-                f" international host name in its xn-- form); character {position} is"
-                f" {describe_char(char)}"
-            )
-    if authority.startswith("["):
-        literal, bracket, after = authority[1:].partition("]")
-        if not bracket or "[" in literal or "[" in after or "]" in after:
-            return f"unbalanced [ ]: an IPv6 address is written in brackets, {_IPV6_EXAMPLE}"
-        try:
-            ipaddress.IPv6Address(literal)
-        except ValueError:
-            return f"{tomltext.string(literal)} in [ ] is not an IPv6 address ({_IPV6_EXAMPLE})"
-        if after and not after.startswith(":"):
-            return f"only :port may follow ] ({_IPV6_EXAMPLE})"
-        port = after[1:] if after else None
-    elif "[" in authority or "]" in authority:
-        return f"unbalanced [ ]: an IPv6 address is written in brackets, {_IPV6_EXAMPLE}"
-    elif authority.count(":") > 1:
-        return f"an IPv6 address must be written in brackets, {_IPV6_EXAMPLE}"
-    else:
-        host, colon, after = authority.partition(":")
-        port = after if colon else None
-        if not host:
-            return "must be a ws:// or wss:// URL with a host"
-        labels = host.split(".")
-        if labels[-1] == "" and len(labels) > 1:
-            labels.pop()  # one trailing dot is the root: "localhost." is fine
-        if len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
-            return (
-                f"{tomltext.string(host)} is not a valid host name (letters, digits, - and _,"
-                " in dot-separated labels of 1 to 63 characters)"
-            )
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        return f"the port must be a whole number between 1 and 65535, not {port or 'empty'}"
-    return ""
-
-
-def _region(table: Table, url: str) -> str:
-    region = table.string("region", "")
-    if "region" in table.bad or not region:
-        return ""
-    if region not in REGION_HOSTS:
-        allowed = ", ".join(tomltext.string(name) for name in REGION_HOSTS)
-        table.problem("region", f"must be one of {allowed}, or empty", region)
-        return ""
-    if "url" in table.raw and "url" not in table.bad and url != region_url(region):
-        # Two answers to "where": refuse rather than guess which one the operator meant.
-        table.problem(
-            "region",
-            f"sets the endpoint to {region_url(region)}, but deepgram.url says {url}; keep one",
-            region,
-        )
-        return ""
-    return region
-
-
 def _token_command(table: Table, auth: AuthMode) -> tuple[str, ...]:
     got = table.take("token_command")
     if got is MISSING:
@@ -371,38 +275,6 @@ def _token_command(table: Table, auth: AuthMode) -> tuple[str, ...]:
             'must name the program that prints a token when deepgram.auth = "command"',
         )
     return argv
-
-
-def _proxy(table: Table) -> str:
-    proxy = table.string("proxy", "")
-    if "proxy" in table.bad or proxy in ("", PROXY_DIRECT):
-        return proxy
-    scheme, sep, rest = proxy.partition("://")
-    authority = rest.rstrip("/")
-    if "@" in authority:
-        # Never echo it: the part before "@" is a password.
-        table.problem(
-            "proxy",
-            "must not contain credentials; put user:password in deepgram.proxy_credentials_file",
-        )
-    elif not sep or scheme != "http" or not authority or "/" in authority:
-        table.problem(
-            "proxy",
-            f'must be "http://host:port" (dgd speaks HTTP CONNECT to the proxy), "{PROXY_DIRECT}"'
-            " or empty (use $https_proxy)",
-            proxy,
-        )
-    else:
-        problem = _url_problem(proxy, authority)
-        if problem:
-            table.problem("proxy", problem.replace("ws:// or wss://", "http://"), proxy)
-    return proxy
-
-
-def describe_char(char: str) -> str:
-    """A character as a message can show it: ``"’" (U+2019)``, or ``U+0009`` if invisible."""
-    code = f"U+{ord(char):04X}"
-    return f"{tomltext.string(char)} ({code})" if char.isprintable() and char != " " else code
 
 
 def _absolute_path(table: Table, key: str, what: str, *, show: bool = True) -> str:
@@ -441,8 +313,8 @@ def parse(data: Mapping[str, object]) -> Config:
         return tables[name]
 
     dg = section("deepgram")
-    url = _url(dg)
-    region = _region(dg, url)
+    url = urlcheck.ws_url(dg)
+    region = urlcheck.region(dg, url)
     if region:
         url = region_url(region)
     key_file = _absolute_path(dg, "api_key_file", "a file holding the API key", show=False)
@@ -450,7 +322,7 @@ def parse(data: Mapping[str, object]) -> Config:
     token_command = _token_command(dg, auth)
     grant_ttl_s = dg.integer("grant_ttl_s", d.deepgram.grant_ttl_s, 1, 3600)
     ca_file = _absolute_path(dg, "ca_file", "a PEM file of CA certificates")
-    proxy = _proxy(dg)
+    proxy = urlcheck.proxy(dg)
     proxy_credentials_file = _absolute_path(
         dg, "proxy_credentials_file", "a file holding user:password for the proxy"
     )
