@@ -141,7 +141,7 @@ def check_config(path: str | None, *, open_device: bool, require_device: bool = 
     ``require_device`` (``--require-device``, for provisioning scripts).
     """
     from dgd.core.config import ConfigError, dump
-    from dgd.daemon.configfile import load, load_api_key
+    from dgd.daemon.configfile import check_token_command, load, load_api_key
 
     config_path = _config_path(path)
     try:
@@ -157,6 +157,10 @@ def check_config(path: str | None, *, open_device: bool, require_device: bool = 
     try:
         key, warnings = load_api_key(config.deepgram, os.environ)
         key_line = f"# API key: <redacted>, from {key.source}"
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        check_token_command(config.deepgram)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if open_device:
@@ -211,7 +215,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
 
     from dgd.core.config import API_KEY_ENV, ApiKey, ConfigError, LogLevel
     from dgd.daemon import logsetup
-    from dgd.daemon.configfile import load, load_api_key
+    from dgd.daemon.configfile import check_token_command, load, load_api_key
 
     # Before the key is read: no core dump may ever hold it (a failure is logged, not fatal).
     logsetup.forbid_core_dumps()
@@ -221,6 +225,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     try:
         config = load(config_path)
         key, warnings = load_api_key(config.deepgram, key_environ)
+        check_token_command(config.deepgram)
     except ConfigError as exc:
         logsetup.setup(log_target, LogLevel.INFO, os.environ)
         logsetup.event(
@@ -243,6 +248,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     def reload() -> tuple[Config, ApiKey]:
         new_config = load(config_path)
         new_key, new_warnings = load_api_key(new_config.deepgram, key_environ)
+        check_token_command(new_config.deepgram)
         logsetup.register_secrets(new_key.value, new_config.deepgram.query)
         for warning in new_warnings:
             logsetup.event("config_warning", "%s", warning, level=logging.WARNING)

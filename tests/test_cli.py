@@ -153,6 +153,21 @@ def test_run_waits_for_the_absent_device_check_config_warned_about(
 #: a restart loop) or run with an absurd setting. Both must now refuse it, naming the key.
 MUST_REFUSE: list[tuple[str, str, str | None, str, str]] = [
     (
+        "token command missing",
+        '[deepgram]\nauth = "command"\ntoken_command = ["/nonexistent/dg-token", "-q"]\n',
+        None,
+        "",
+        "deepgram.token_command: /nonexistent/dg-token does not exist",
+    ),
+    (
+        "region and another url",
+        '[deepgram]\nregion = "eu"\nurl = "ws://127.0.0.1:1/v1/listen"\n',
+        None,
+        SECRET,
+        "deepgram.region: sets the endpoint to wss://api.eu.deepgram.com/v1/listen, but"
+        ' deepgram.url says ws://127.0.0.1:1/v1/listen; keep one (got "eu")',
+    ),
+    (
         "port out of range",
         '[deepgram]\nurl = "ws://127.0.0.1:99999/v1/listen"\n',
         None,

@@ -35,7 +35,7 @@ from dgd.core.config import (
     parse,
 )
 from dgd.core.gate import GateMode
-from dgd.daemon.configfile import load, load_api_key
+from dgd.daemon.configfile import check_token_command, load, load_api_key
 
 REPO: Path = Path(__file__).resolve().parent.parent
 D: Config = Config()
@@ -1497,3 +1497,20 @@ def test_api_key_needed_by_auth_mode_and_host(
             load_api_key(cfg, environ)
     else:
         assert load_api_key(cfg, environ) == (expected, [])
+
+
+def test_token_command_must_be_an_executable_file(tmp_path: Path) -> None:
+    script = tmp_path / "dg-token"
+    command = replace(D.deepgram, auth=AuthMode.COMMAND, token_command=(str(script), "--x"))
+    with pytest.raises(ConfigError, match=f"^deepgram.token_command: {script} does not exist$"):
+        check_token_command(command)
+    script.write_text("#!/bin/sh\necho token\n")
+    script.chmod(0o644)
+    with pytest.raises(ConfigError, match="is not executable by this user"):
+        check_token_command(command)
+    script.chmod(0o755)
+    check_token_command(command)  # no error
+    with pytest.raises(ConfigError, match=f"^deepgram.token_command: {tmp_path} is not a file$"):
+        check_token_command(replace(command, token_command=(str(tmp_path),)))
+    # Only auth = "command" runs it.
+    check_token_command(replace(D.deepgram, token_command=(str(tmp_path / "absent"),)))

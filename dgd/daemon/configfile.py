@@ -196,3 +196,24 @@ def load_api_key(cfg: DeepgramConfig, environ: Mapping[str, str]) -> tuple[ApiKe
         f" by dgd (chmod 600) and either set deepgram.api_key_file to its path or add"
         f" LoadCredential={CREDENTIAL_NAME}:/etc/dgd/api-key to the unit; or set ${API_KEY_ENV}"
     )
+
+
+def check_token_command(cfg: DeepgramConfig) -> None:
+    """Refuse a ``deepgram.token_command`` that cannot run: its program is missing, not a
+    file, or not executable by this user (``dgd run`` would fail on every connection).
+
+    Raises:
+        ConfigError: naming the key, the path and what to do.
+    """
+    if cfg.auth is not AuthMode.COMMAND or not cfg.token_command:
+        return
+    program = cfg.token_command[0]
+    if not os.path.exists(program):
+        raise ConfigError(f"deepgram.token_command: {program} does not exist")
+    if not os.path.isfile(program):
+        raise ConfigError(f"deepgram.token_command: {program} is not a file")
+    if not os.access(program, os.X_OK):
+        raise ConfigError(
+            f"deepgram.token_command: {program} is not executable by this user"
+            f" (chmod 755 {program}; under systemd dgd runs as a dynamic user)"
+        )
