@@ -142,6 +142,7 @@ def check_config(path: str | None, *, open_device: bool, require_device: bool = 
     """
     from dgd.core.config import ConfigError, dump
     from dgd.daemon.configfile import check_token_command, load, load_api_key
+    from dgd.daemon.transport import network_for
 
     config_path = _config_path(path)
     try:
@@ -161,6 +162,12 @@ def check_config(path: str | None, *, open_device: bool, require_device: bool = 
         problems.extend(exc.problems)
     try:
         check_token_command(config.deepgram)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        # The CA file, the proxy credentials file and the proxy in force (the environment's
+        # when deepgram.proxy is empty), exactly as each connection attempt reads them.
+        network_for(config.deepgram, os.environ)
     except ConfigError as exc:
         problems.extend(exc.problems)
     if open_device:
@@ -216,6 +223,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
     from dgd.core.config import API_KEY_ENV, ApiKey, ConfigError, LogLevel
     from dgd.daemon import logsetup
     from dgd.daemon.configfile import check_token_command, load, load_api_key
+    from dgd.daemon.transport import network_for
 
     # Before the key is read: no core dump may ever hold it (a failure is logged, not fatal).
     logsetup.forbid_core_dumps()
@@ -226,6 +234,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
         config = load(config_path)
         key, warnings = load_api_key(config.deepgram, key_environ)
         check_token_command(config.deepgram)
+        network_for(config.deepgram, os.environ)
     except ConfigError as exc:
         logsetup.setup(log_target, LogLevel.INFO, os.environ)
         logsetup.event(
@@ -249,6 +258,7 @@ def run(path: str | None, log_target: str, log_level: str | None) -> int:
         new_config = load(config_path)
         new_key, new_warnings = load_api_key(new_config.deepgram, key_environ)
         check_token_command(new_config.deepgram)
+        network_for(new_config.deepgram, os.environ)
         logsetup.register_secrets(new_key.value, new_config.deepgram.query)
         for warning in new_warnings:
             logsetup.event("config_warning", "%s", warning, level=logging.WARNING)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dgd.daemon import wsclient
+from dgd.daemon import transport, wsclient
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 
 @dataclass
@@ -125,6 +125,8 @@ class Attempt:
     reject: int | None = None
     network_error: str | None = None
     ws: MemoryWebSocket | None = None
+    #: Called while the handshake is in flight (e.g. a reload that lands during it).
+    during_handshake: Callable[[], None] | None = None
 
 
 class MemoryConnector:
@@ -143,6 +145,7 @@ class MemoryConnector:
         *,
         connect_timeout_s: float,
         disconnect_timeout_s: float,
+        network: transport.Network | None = None,
     ) -> AsyncIterator[wsclient.WebSocketPort]:
         self.calls.append((trio.current_time(), url, tuple(headers)))
         attempt = self.attempts.pop(0) if self.attempts else Attempt(network_error="no more")
@@ -154,5 +157,7 @@ class MemoryConnector:
         if attempt.network_error is not None:
             raise wsclient.NetworkError(attempt.network_error)
         assert attempt.ws is not None
+        if attempt.during_handshake is not None:
+            attempt.during_handshake()
         self.connected.set()
         yield attempt.ws

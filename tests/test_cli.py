@@ -153,6 +153,13 @@ def test_run_waits_for_the_absent_device_check_config_warned_about(
 #: a restart loop) or run with an absurd setting. Both must now refuse it, naming the key.
 MUST_REFUSE: list[tuple[str, str, str | None, str, str]] = [
     (
+        "CA file missing",
+        '[deepgram]\nca_file = "/nonexistent/ca.pem"\n',
+        None,
+        SECRET,
+        "deepgram.ca_file: cannot read /nonexistent/ca.pem: No such file or directory",
+    ),
+    (
         "token command missing",
         '[deepgram]\nauth = "command"\ntoken_command = ["/nonexistent/dg-token", "-q"]\n',
         None,

@@ -51,6 +51,12 @@ from dgd.testing.fakeserver import (
     parse_options,
     serve,
 )
+from dgd.testing.fakeserver.faults import (
+    DEFAULT_ERROR_CODE,
+    DEFAULT_ERROR_DESCRIPTION,
+    ConfigureFault,
+    ErrorAfterFault,
+)
 from dgd.testing.fakeserver.malformed import malformed_messages
 
 if TYPE_CHECKING:
@@ -1019,3 +1025,218 @@ def test_main_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
         port = busy.getsockname()[1]
         assert main(["--port", str(port)]) == 1
     assert f"cannot listen on 127.0.0.1:{port} (check --host/--port)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- Configure, Error
+
+
+def test_fault_plan_parses_configure_and_error_faults() -> None:
+    plan = FaultPlan.from_json(
+        '[{"attempts": [1], "configure": "failure"}, {"attempts": [2], "configure": "ignore"},'
+        ' {"attempts": [3], "error_after_s": 1},'
+        ' {"attempts": [4], "error_after_s": 2, "error_code": "DATA-0000", "description": "no"}]'
+    )
+    assert plan == FaultPlan(
+        (
+            FaultRule(Attempts(frozenset({1})), ConfigureFault("failure")),
+            FaultRule(Attempts(frozenset({2})), ConfigureFault("ignore")),
+            FaultRule(Attempts(frozenset({3})), ErrorAfterFault(1.0)),
+            FaultRule(Attempts(frozenset({4})), ErrorAfterFault(2.0, "DATA-0000", "no")),
+        )
+    )
+    assert ErrorAfterFault(1.0).describe() == {
+        "error_after_s": 1.0,
+        "error_code": DEFAULT_ERROR_CODE,
+        "description": DEFAULT_ERROR_DESCRIPTION,
+    }
+    assert ConfigureFault("ignore").describe() == {"configure": "ignore"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"attempts": "all", "configure": "success"}]', "configure: must be one of 'failure'"),
+        ('[{"attempts": "all", "configure": "ignore", "code": 1}]', "unknown key(s) code"),
+        ('[{"attempts": "all", "error_after_s": 1, "error_code": 5}]', "error_code: must be a"),
+        ('[{"attempts": "all", "error_after_s": 1, "description": null}]', "description: must"),
+        ('[{"attempts": "all", "error_after_s": -1}]', "error_after_s: must be a number"),
+    ],
+)
+def test_configure_and_error_fault_errors(text: str, message: str) -> None:
+    with pytest.raises(FaultPlanError) as info:
+        FaultPlan.from_json(text)
+    assert message in str(info.value)
+
+
+OPTIONS = StreamOptions(rate_hz=RATE, channels=1)
+
+
+@pytest.mark.parametrize(
+    ("message", "answer", "keyterms_after", "features_after"),
+    [
+        pytest.param(
+            {"type": "Configure", "keyterms": ["Deepgram", "customer service"]},
+            {
+                "type": "ConfigureSuccess",
+                "request_id": "rid",
+                "keyterms": ["Deepgram", "customer service"],
+            },
+            ("Deepgram", "customer service"),
+            {},
+            id="replace-keyterms",
+        ),
+        pytest.param(
+            {"type": "Configure", "keyterms": []},
+            {"type": "ConfigureSuccess", "request_id": "rid", "keyterms": []},
+            (),
+            {},
+            id="clear-keyterms",
+        ),
+        pytest.param(
+            {"type": "Configure", "keyterms": None, "features": {"numerals": True}},
+            {"type": "ConfigureSuccess", "request_id": "rid"},
+            ("a", "b"),
+            {"numerals": True},
+            id="null-keeps-keyterms",
+        ),
+        pytest.param(
+            {"type": "Configure", "keyterms": "x"},
+            {
+                "type": "ConfigureFailure",
+                "request_id": "rid",
+                "code": "INVALID_CONFIGURE",
+                "description": "keyterms must be an array of strings",
+            },
+            ("a", "b"),
+            {},
+            id="keyterms-not-an-array",
+        ),
+        pytest.param(
+            {"type": "Configure", "features": {"diarize": True}},
+            {
+                "type": "ConfigureFailure",
+                "request_id": "rid",
+                "code": "INVALID_CONFIGURE",
+                "description": "features.diarize cannot be set by Configure",
+            },
+            ("a", "b"),
+            {},
+            id="feature-not-configurable",
+        ),
+        pytest.param(
+            {"type": "Configure", "model": "nova-2"},
+            {
+                "type": "ConfigureFailure",
+                "request_id": "rid",
+                "code": "INVALID_CONFIGURE",
+                "description": "unknown Configure field(s): model",
+            },
+            ("a", "b"),
+            {},
+            id="unknown-field",
+        ),
+    ],
+)
+def test_tracker_configure(
+    message: dict[str, object],
+    answer: dict[str, object],
+    keyterms_after: tuple[str, ...],
+    features_after: dict[str, bool],
+) -> None:
+    tracker = SpeechTracker(OPTIONS, "rid", keyterms=("a", "b"))
+    assert tracker.configure(message) == answer
+    assert tracker.keyterms == keyterms_after
+    assert tracker.features == features_after
+
+
+async def test_configure_is_answered_and_recorded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    configure = {"type": "Configure", "keyterms": ["Zoë"]}
+    async with (
+        running_server(record_dir=tmp_path) as base,
+        connect(base, query=QUERY + "&keyterm=a") as ws,
+    ):
+        rid = request_id_of(ws)
+        await ws.send_message(json.dumps(configure))
+        assert await next_json(ws) == {
+            "type": "ConfigureSuccess",
+            "request_id": rid,
+            "keyterms": ["Zoë"],
+        }
+        await ws.send_message('{"type":"CloseStream"}')
+        await next_json(ws)
+        await next_json(ws)
+        await expect_closed(ws)
+    events = read_jsonl(tmp_path / "conn-0001.jsonl")
+    assert [e["kind"] for e in events] == [
+        "handshake",
+        "text",
+        "configure",
+        "sent",
+        "text",
+        "sent",
+        "sent",
+        "close",
+    ]
+    assert events[2]["message"] == configure
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (
+            "failure",
+            {
+                "type": "ConfigureFailure",
+                "code": "INVALID_CONFIGURE",
+                "description": "Configure refused (injected fault)",
+            },
+        ),
+        ("ignore", None),
+    ],
+)
+async def test_configure_fault_refuses_or_ignores(
+    autojump_clock: trio.testing.MockClock, answer: str, expected: dict[str, object] | None
+) -> None:
+    plan = FaultPlan.from_json(f'[{{"attempts": "all", "configure": "{answer}"}}]')
+    async with running_server(faults=plan) as base, connect(base) as ws:
+        rid = request_id_of(ws)
+        await ws.send_message('{"type":"Configure","keyterms":["x"]}')
+        await ws.send_message('{"type":"Finalize"}')
+        first = await next_json(ws)
+    if expected is None:
+        assert first["type"] == "Results"  # no answer: the Finalize's result comes first
+    else:
+        assert first == {**expected, "request_id": rid}
+
+
+@pytest.mark.parametrize(
+    ("rule", "error", "reason"),
+    [
+        (
+            '"error_after_s": 1',
+            {
+                "type": "Error",
+                "code": DEFAULT_ERROR_CODE,
+                "description": DEFAULT_ERROR_DESCRIPTION,
+            },
+            f"{DEFAULT_ERROR_CODE}: {DEFAULT_ERROR_DESCRIPTION}",
+        ),
+        (
+            '"error_after_s": 1, "error_code": "X", "description": "' + "y" * 200 + '"',
+            {"type": "Error", "code": "X", "description": "y" * 200},
+            "X: " + "y" * 120,
+        ),
+    ],
+)
+async def test_error_after_s_sends_error_then_closes_1011(
+    autojump_clock: trio.testing.MockClock, rule: str, error: dict[str, object], reason: str
+) -> None:
+    plan = FaultPlan.from_json(f'[{{"attempts": [1], {rule}}}]')
+    async with running_server(faults=plan) as base, connect(base) as ws:
+        opened = trio.current_time()
+        assert await next_json(ws) == error
+        assert trio.current_time() - opened == pytest.approx(1.0, abs=0.01)
+        closed = await expect_closed(ws)
+    assert (closed.code, closed.reason) == (1011, reason)

@@ -280,3 +280,200 @@ def test_a_full_replay_buffer_drops_the_oldest_audio_with_a_warning(
         "replay buffer full (stream.replay_buffer_s = 0.25): dropping the oldest audio, "
         "0.1 s in all so far"
     ]
+
+
+# --- Configure on reload, and the server's Error message ------------------------------------
+
+CONFIGURE = '{"type":"Configure","keyterms":["Acme"]}'
+CLOSESTREAM = '{"type":"CloseStream"}'
+
+
+def events_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.__dict__["DGD_EVENT"] for r in caplog.records if "DGD_EVENT" in r.__dict__]
+
+
+async def answer_configure(ws: MemoryWebSocket, *answers: dict[str, object]) -> None:
+    """Play a server that answers the first Configure with ``answers`` (none: ignore it) and
+    finishes the stream like Deepgram when it gets CloseStream."""
+    answered = closed = False
+    while not closed:
+        await trio.sleep(0.05)
+        texts = [text for _, text in ws.texts()]
+        if not answered and CONFIGURE in texts:
+            answered = True
+            for answer in answers:
+                ws.push(answer)
+        if CLOSESTREAM in texts:
+            closed = True
+            ws.push(metadata())
+            ws.close(1000)
+
+
+async def configure_then_run(
+    ws: MemoryWebSocket, ctx: LinkContext, seconds: float, *answers: dict[str, object]
+) -> tuple[LinkFailure | None, float]:
+    """Run the link; 1 s in, ask it to send ``CONFIGURE``. Returns the failure and when (in
+    seconds from the start) CloseStream was sent (``inf``: never)."""
+    start = trio.current_time()
+    failure: LinkFailure | None = None
+
+    async def reload() -> None:
+        await trio.sleep(1.0)
+        ctx.configure(CONFIGURE)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reload)
+        nursery.start_soon(answer_configure, ws, *answers)
+        failure = await run_for(ws, ctx, seconds)
+        nursery.cancel_scope.cancel()
+    closes = [at - start for at, text in ws.texts() if text == CLOSESTREAM]
+    return failure, closes[0] if closes else float("inf")
+
+
+async def test_configure_success_keeps_the_stream(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    success: dict[str, object] = {
+        "type": "ConfigureSuccess",
+        "request_id": "r",
+        "keyterms": ["Acme"],
+    }
+    with caplog.at_level(logging.INFO, logger="dgd"):
+        failure, closed_at = await configure_then_run(ws, ctx, 20.0, success)
+    assert failure is None
+    assert closed_at == float("inf")  # no reconnect: the stream goes on
+    sent = [(round(at - ws.sent[0].at, 1), text) for at, text in ws.texts()]
+    assert sent[0] == (0.0, CONFIGURE)
+    assert [text for _, text in sent[1:]] == ['{"type":"KeepAlive"}'] * 4
+    assert events_of(caplog) == ["configure_sent", "configured"]
+    configured = caplog.records[-1].getMessage()
+    assert configured == "Deepgram applied the new settings to the open stream (keyterms: Acme)"
+
+
+@pytest.mark.parametrize(
+    ("answers", "closed_after_s", "logged"),
+    [
+        pytest.param(
+            ({"type": "ConfigureFailure", "code": "INVALID", "description": "no"},),
+            0.0,
+            "configure_failed",
+            id="configure-failure",
+        ),
+        pytest.param(
+            ({"type": "Error", "code": "INVALID_KEYTERMS", "description": "no"},),
+            0.0,
+            "server_error",
+            id="error-in-its-place",
+        ),
+        pytest.param((), 5.0, "configure_unanswered", id="no-answer"),
+    ],
+)
+async def test_a_refused_or_unanswered_configure_reconnects_gracefully(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    answers: tuple[dict[str, object], ...],
+    closed_after_s: float,
+    logged: str,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    with caplog.at_level(logging.INFO, logger="dgd"):
+        failure, closed_at = await configure_then_run(ws, ctx, 30.0, *answers)
+    assert failure is None  # the stream ended as asked: CloseStream, Metadata, 1000
+    configure_at = next(at for at, text in ws.texts() if text == CONFIGURE)
+    # The fake answers within 0.05 s of the Configure; the watcher waits 5 s for none.
+    assert closed_at - (configure_at - ws.sent[0].at) - 1.0 == pytest.approx(
+        closed_after_s, abs=0.06
+    )
+    assert events_of(caplog) == ["configure_sent", logged, "metadata"]
+    assert caplog.records[1].levelno == logging.WARNING
+
+
+async def test_configure_asked_before_the_stream_opened_is_not_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    ctx.configure_text = CONFIGURE  # left from an earlier stream: this handshake carries it
+    assert await run_for(ws, ctx, 5.0) is None
+    assert [text for _, text in ws.texts()] == ['{"type":"KeepAlive"}']
+
+
+async def test_configure_while_closing_is_not_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+
+    async def reload_twice() -> None:
+        await trio.sleep(1.0)
+        ctx.reconnect_gracefully()
+        ctx.configure(CONFIGURE)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reload_twice)
+        nursery.start_soon(answer_configure, ws)
+        assert await run_for(ws, ctx, 10.0) is None
+    assert [text for _, text in ws.texts()] == [CLOSESTREAM]
+
+
+@pytest.mark.parametrize(
+    ("error", "close", "verdict", "cause", "summary"),
+    [
+        pytest.param(
+            {
+                "type": "Error",
+                "code": "INTERNAL_SERVER_ERROR",
+                "description": "An internal server error occurred",
+            },
+            (1011, "INTERNAL_SERVER_ERROR"),
+            Verdict.TRANSIENT,
+            "error-INTERNAL_SERVER_ERROR",
+            "Deepgram reported an error on the stream: INTERNAL_SERVER_ERROR: An internal "
+            "server error occurred, then closed the stream (close 1011 'INTERNAL_SERVER_ERROR')",
+            id="server-error-transient",
+        ),
+        pytest.param(
+            {"type": "Error", "code": "DATA-0000", "description": "bad audio"},
+            (1011, ""),
+            Verdict.REJECTED,
+            "error-DATA-0000",
+            "Deepgram reported an error on the stream: DATA-0000: bad audio, then closed the "
+            "stream (close 1011); check [audio] rate/channels and that [deepgram.query] sets "
+            "no encoding",
+            id="audio-rejected",
+        ),
+        pytest.param(
+            {"type": "Error", "description": "the connection is going away"},
+            (1006, ""),
+            Verdict.TRANSIENT,
+            "error",
+            "Deepgram reported an error on the stream: the connection is going away, then "
+            "closed the stream (close 1006)",
+            id="no-code-then-dropped",
+        ),
+    ],
+)
+async def test_an_error_then_a_close_fails_the_link_naming_the_error(
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    error: dict[str, object],
+    close: tuple[int, str],
+    verdict: Verdict,
+    cause: str,
+    summary: str,
+) -> None:
+    ws = MemoryWebSocket()
+    ctx, _ = make_ctx()
+    ws.push(error)
+    ws.close(*close)
+    with caplog.at_level(logging.INFO, logger="dgd"):
+        failure = await run_for(ws, ctx, 30.0)
+    assert failure is not None
+    assert failure.failure.verdict is verdict
+    assert failure.failure.cause == cause
+    assert failure.failure.summary == summary
+    assert events_of(caplog) == ["server_error"]
+    assert caplog.records[0].__dict__["DGD_CODE"] == error.get("code", "")

@@ -310,6 +310,26 @@ def test_register_secrets_on_reload_keeps_the_old_key(registered: SecretFilter) 
     assert registered.scrub(text) == " ".join([REDACTED] * 4)
 
 
+def test_register_token_keeps_only_the_newest_tokens(registered: SecretFilter) -> None:
+    logsetup.register_secrets("the-api-key", (("token", "query-token"),))
+    tokens = [f"bearer-token-{n:03d}" for n in range(logsetup.TOKENS_KEPT + 3)]
+    for token in tokens:
+        logsetup.register_token(token)
+    forgotten, kept = tokens[:3], tokens[3:]
+    for token in kept:
+        assert registered.scrub(token) == REDACTED
+    for token in forgotten:
+        assert registered.scrub(token) == token
+    # The key and the secret query values are never pushed out by tokens; a key registered
+    # after the tokens does not forget them either.
+    logsetup.register_secrets("new-api-key")
+    assert registered.scrub("the-api-key query-token new-api-key") == " ".join([REDACTED] * 3)
+    assert registered.scrub(kept[-1]) == REDACTED
+    assert len(registered.secrets) == len(
+        {f for s in ["the-api-key", "query-token", "new-api-key", *kept] for f in secret_forms(s)}
+    )
+
+
 @pytest.fixture
 def restore_root_logging() -> Iterator[None]:
     root = logging.getLogger()

@@ -14,16 +14,23 @@ from dgd.core.messages import (
     EXCERPT_CHARS,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
+    MAX_CODE_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_KEYTERMS,
     MAX_MESSAGE_BYTES,
     WORD_TOLERANCE_S,
+    ConfigureFailure,
+    ConfigureSuccess,
     Metadata,
     Repaired,
+    ServerError,
     ServerMessage,
     SpeechStarted,
     TranscriptResult,
     Unrecognized,
     UtteranceEnd,
     Word,
+    configure_message,
     parse_server_message,
 )
 
@@ -258,7 +265,7 @@ MALFORMED_REASONS: list[tuple[str, str]] = [
     ('{"type":1}', "field type is number, expected string"),
     ('{"type":null}', "field type is null, expected string"),
     ('{"type":"results"}', "unknown type 'results'"),
-    ('{"type":"Error","err_code":"X"}', "unknown type 'Error'"),
+    ('{"type":"ERROR","code":"X"}', "unknown type 'ERROR'"),
     ('{"type":"Bad\\u0000Type"}', "unknown type 'Bad\\x00Type'"),
     ('{"type":"Results"}', "Results: missing field channel"),
     (results_with(channel=[0, 1]), "Results: field channel is array, expected object"),
@@ -815,3 +822,129 @@ def test_fuzz_structural_mutations_never_raise() -> None:
 def test_control_messages_are_exact(constant: str, expected: str) -> None:
     assert constant == expected
     assert json.loads(constant) == {"type": json.loads(expected)["type"]}
+
+
+@pytest.mark.parametrize(
+    ("keyterms", "numerals", "expected"),
+    [
+        pytest.param(None, None, '{"type":"Configure"}', id="nothing"),
+        pytest.param(
+            ("Acme", "customer service"),
+            None,
+            '{"type":"Configure","keyterms":["Acme","customer service"]}',
+            id="keyterms",
+        ),
+        pytest.param((), None, '{"type":"Configure","keyterms":[]}', id="clear-keyterms"),
+        pytest.param(
+            None, True, '{"type":"Configure","features":{"numerals":true}}', id="numerals-on"
+        ),
+        pytest.param(
+            ("Zoë",),
+            False,
+            '{"type":"Configure","keyterms":["Zoë"],"features":{"numerals":false}}',
+            id="both-unicode-kept",
+        ),
+    ],
+)
+def test_configure_message(
+    keyterms: tuple[str, ...] | None, numerals: bool | None, expected: str
+) -> None:
+    assert configure_message(keyterms=keyterms, numerals=numerals) == expected
+
+
+# --- Error and the answers to Configure ------------------------------------------------------
+
+LONG = "d" * (MAX_DESCRIPTION_CHARS + 50)
+
+CONTROL_ANSWERS: list[tuple[str, ServerMessage]] = [
+    (
+        '{"type":"Error","code":"INTERNAL_SERVER_ERROR",'
+        '"description":"An internal server error occurred while processing the request"}',
+        ServerError(
+            "INTERNAL_SERVER_ERROR",
+            "An internal server error occurred while processing the request",
+            "",
+        ),
+    ),
+    ('{"type":"Error"}', ServerError("", "", "")),
+    ('{"type":"Error","code":null,"description":null}', ServerError("", "", "")),
+    (
+        '{"type":"Error","variant":"Error","description":"bad keyterms","code":"K"}',
+        ServerError("K", "bad keyterms", "Error"),
+    ),
+    # Bounded and printable at the door: a control character, a lone surrogate, a long text.
+    (
+        json.dumps({"type": "Error", "code": "A\nB\ud800", "description": LONG}),
+        ServerError("A\\nB\\ud800", "d" * MAX_DESCRIPTION_CHARS, ""),
+    ),
+    (
+        json.dumps({"type": "Error", "code": "C" * 100}),
+        ServerError("C" * MAX_CODE_CHARS, "", ""),
+    ),
+    (
+        '{"type":"ConfigureSuccess","request_id":"550e8400-e29b-41d4-a716-446655440000",'
+        '"keyterms":["Deepgram","customer service"]}',
+        ConfigureSuccess("550e8400-e29b-41d4-a716-446655440000", ("Deepgram", "customer service")),
+    ),
+    ('{"type":"ConfigureSuccess"}', ConfigureSuccess("", None)),
+    ('{"type":"ConfigureSuccess","keyterms":[]}', ConfigureSuccess("", ())),
+    ('{"type":"ConfigureSuccess","keyterms":null}', ConfigureSuccess("", None)),
+    (
+        '{"type":"ConfigureFailure","request_id":"r","code":"INVALID","description":"no"}',
+        ConfigureFailure("r", "INVALID", "no"),
+    ),
+    ('{"type":"ConfigureFailure"}', ConfigureFailure("", "", "")),
+]
+
+
+@pytest.mark.parametrize(("payload", "expected"), CONTROL_ANSWERS)
+def test_error_and_configure_answers(payload: str, expected: ServerMessage) -> None:
+    assert parse_server_message(payload) == expected
+    assert parse_server_message(payload.encode()) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ('{"type":"Error","code":7}', "Error: field code is number, expected string"),
+        (
+            '{"type":"Error","description":{}}',
+            "Error: field description is object, expected string",
+        ),
+        (
+            '{"type":"ConfigureSuccess","keyterms":"Acme"}',
+            "ConfigureSuccess: field keyterms is string, expected array",
+        ),
+        (
+            '{"type":"ConfigureSuccess","keyterms":["a",1]}',
+            "ConfigureSuccess: field keyterms[1] is number, expected string",
+        ),
+        (
+            json.dumps({"type": "ConfigureSuccess", "keyterms": ["k"] * (MAX_KEYTERMS + 1)}),
+            f"ConfigureSuccess: field keyterms has {MAX_KEYTERMS + 1} items, "
+            f"more than {MAX_KEYTERMS}",
+        ),
+        (
+            '{"type":"ConfigureFailure","code":false}',
+            "ConfigureFailure: field code is boolean, expected string",
+        ),
+    ],
+)
+def test_bad_error_and_configure_answers(payload: str, reason: str) -> None:
+    result = parse_server_message(payload)
+    assert isinstance(result, Unrecognized)
+    assert result.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("message", "described"),
+    [
+        (ServerError("NET-0001", "no audio", ""), "NET-0001: no audio"),
+        (ServerError("", "no audio", "Error"), "Error: no audio"),
+        (ServerError("", "", ""), "no code or description"),
+        (ConfigureFailure("r", "", "too many keyterms"), "too many keyterms"),
+        (ConfigureFailure("r", "", ""), "no reason given"),
+    ],
+)
+def test_describe(message: ServerError | ConfigureFailure, described: str) -> None:
+    assert message.describe() == described

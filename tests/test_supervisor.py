@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -151,6 +152,48 @@ async def test_audio_survives_a_dropped_connection(autojump_clock: trio.testing.
     assert first.binaries() == [f.data for f in frames[:2]]
     assert second.binaries() == [f.data for f in frames]
     assert supervisor.statistics().reconnects_by_cause == {"closed-1011": 1, "network": 1}
+
+
+async def test_a_reload_during_the_handshake_ends_that_stream_for_the_new_settings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reload finds no open stream to Configure or close; the handshake in flight carried
+    # the old query. The supervisor notices once connected and starts over with the new one.
+    config = CONFIG
+    reloaded = replace(
+        CONFIG,
+        deepgram=replace(CONFIG.deepgram, query=(*CONFIG.deepgram.query, ("keyterm", "dgd"))),
+    )
+
+    def reload() -> None:
+        nonlocal config
+        config = reloaded
+
+    first, second = MemoryWebSocket(), MemoryWebSocket()
+    connector = MemoryConnector([Attempt(ws=first, during_handshake=reload), Attempt(ws=second)])
+    supervisor, _, _ = make(connector)
+    supervisor._config = lambda: config
+
+    async def server() -> None:
+        while '{"type":"CloseStream"}' not in [t for _, t in first.texts()]:  # noqa: ASYNC110
+            await trio.sleep(0.05)  # (MemoryWebSocket has no event for "a text was sent")
+        first.push(metadata())
+        first.close(1000, "")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        nursery.start_soon(server)
+        await trio.sleep(10.0)
+        still_connected = supervisor.connected  # the second stream stays open
+        nursery.cancel_scope.cancel()
+    urls = [url for _, url, _ in connector.calls]
+    assert len(urls) == 2, urls
+    assert "keyterm=dgd" not in urls[0]
+    assert "keyterm=dgd" in urls[1]
+    assert still_connected
+    # No CloseStream on the stream with the new settings (only KeepAlives: no audio here).
+    assert {text for _, text in second.texts()} == {'{"type":"KeepAlive"}'}
+    assert supervisor.statistics().reconnects_by_cause == {}  # a graceful end, no failure
 
 
 async def test_stop_finishes_the_stream_and_returns(autojump_clock: trio.testing.MockClock) -> None:

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from dgd.core.connection import Credential
+
 if TYPE_CHECKING:
     import random
 
@@ -30,6 +32,7 @@ class Verdict(enum.Enum):
     TRANSIENT = "transient"  # network trouble or a server hiccup: retry soon, backing off
     RATE_LIMITED = "rate-limited"  # 429 too many streams: retry, but back off longer
     REJECTED = "rejected"  # key or parameters refused: will not fix itself; retry slowly
+    CLOCK = "clock"  # certificate dates vs. an unsynchronised clock: retry once the clock is set
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +67,40 @@ _REJECTED_HINTS: Final = {
 }
 
 
-def classify_rejection(rejection: HandshakeRejection) -> Failure:
-    """Classify a handshake answered with an HTTP error instead of an upgrade."""
+#: A 401 explained by what the handshake carried (``Credential.API_KEY`` uses ``_REJECTED_HINTS``).
+_UNAUTHORIZED_HINTS: Final = {
+    Credential.NOTHING: (
+        "the server asks for an API key: put one in /etc/dgd/api-key (or set "
+        'deepgram.api_key_file), keep deepgram.auth = "key", then `systemctl restart dgd`',
+        "API key needed (401)",
+    ),
+    Credential.GRANTED_TOKEN: (
+        "the server refused the temporary token from /v1/auth/grant (expired, or issued by "
+        "another server): check deepgram.url; when connecting takes long, raise "
+        "deepgram.grant_ttl_s",
+        "temporary token rejected (401)",
+    ),
+    Credential.COMMAND_TOKEN: (
+        "the server refused the temporary token printed by deepgram.token_command (expired, or "
+        "not a token for this server): check what the program prints",
+        "temporary token rejected (401)",
+    ),
+}
+
+
+def classify_rejection(
+    rejection: HandshakeRejection, credential: Credential = Credential.API_KEY
+) -> Failure:
+    """Classify a handshake answered with an HTTP error instead of an upgrade.
+
+    ``credential`` is what the handshake's ``Authorization`` header carried: a 401 then says
+    what to fix (a missing key, a refused temporary token, a wrong key).
+    """
     status = rejection.status
     detail = rejection.describe()
+    if status == 401 and credential in _UNAUTHORIZED_HINTS:
+        hint, label = _UNAUTHORIZED_HINTS[credential]
+        return Failure(Verdict.REJECTED, "http-401", f"{hint} ({detail})", label)
     if status == 429:
         return Failure(
             Verdict.RATE_LIMITED,
@@ -115,9 +148,140 @@ def classify_close(close: CloseInfo) -> Failure:
     )
 
 
+#: ``Error`` codes (``dgd.core.messages.ServerError``) that will not fix themselves, with what
+#: the operator should do. Deepgram documents the message's fields, not a closed list of codes,
+#: so an unknown code counts as transient (a server-side problem: retry, backing off).
+_ERROR_CODE_HINTS: Final = (
+    (("DATA-",), "check [audio] rate/channels and that [deepgram.query] sets no encoding"),
+    (
+        ("AUTH", "UNAUTHORIZED", "FORBIDDEN", "PERMISSION"),
+        "check the key (or token) and its role, then `systemctl reload dgd`",
+    ),
+    (
+        ("INVALID", "BAD_REQUEST", "UNSUPPORTED"),
+        "check [deepgram.query] in /etc/dgd.toml, then `systemctl reload dgd`",
+    ),
+)
+
+
+def classify_server_error(code: str, description: str, close: CloseInfo | None = None) -> Failure:
+    """Classify a stream that ended after the server sent an ``Error`` message (``code`` and
+    ``description`` as parsed, already printable), and then ``close`` (None: the link ended
+    for another reason, or the connection dropped, after the Error).
+
+    Like a close reason: an audio (``DATA-``), credential or parameter problem is REJECTED
+    with what to fix; a rate limit is RATE_LIMITED; anything else (``NET-0001``, a server-side
+    error, an unknown code) is TRANSIENT. The summary names the Error and the close.
+    """
+    upper = code.upper()
+    shown = ": ".join(part for part in (code, description) if part) or "no code or description"
+    closed = ""
+    if close is not None:
+        reason = f" {close.reason!r}" if close.reason else ""
+        closed = f", then closed the stream (close {close.code}{reason})"
+    summary = f"Deepgram reported an error on the stream: {shown}{closed}"
+    cause = f"error-{code}" if code else "error"
+    label = f"server error ({code})" if code else "server error"
+    if "RATE" in upper or "TOO_MANY" in upper:
+        return Failure(Verdict.RATE_LIMITED, cause, summary, f"rate limited ({code})")
+    for prefixes, hint in _ERROR_CODE_HINTS:
+        if any(prefix in upper for prefix in prefixes):
+            return Failure(Verdict.REJECTED, cause, f"{summary}; {hint}", label)
+    return Failure(Verdict.TRANSIENT, cause, summary, label)
+
+
 def network_failure(description: str) -> Failure:
     """A DNS, TCP or TLS error, a reset, or a connection that dropped without a close frame."""
     return Failure(Verdict.TRANSIENT, "network", f"network error: {description}", "network error")
+
+
+#: OpenSSL verify codes (``X509_V_ERR_*``) that depend on the current time.
+CERT_NOT_YET_VALID: Final = 9
+CERT_HAS_EXPIRED: Final = 10
+#: Appended to a TLS failure when the clock may be the cause.
+CLOCK_HINT: Final = "is the system clock right? (timedatectl)"
+
+_UNTRUSTED: Final = (
+    "the server's certificate is not signed by a trusted CA: behind a TLS-inspecting proxy "
+    "or for a self-hosted server, put its CA in deepgram.ca_file"
+)
+_TLS_HINTS: Final = {
+    # unable to get issuer certificate (locally), self-signed leaf or in chain, leaf unverifiable
+    2: _UNTRUSTED,
+    18: _UNTRUSTED,
+    19: _UNTRUSTED,
+    20: _UNTRUSTED,
+    21: _UNTRUSTED,
+    62: "the certificate is for another host name: check deepgram.url",
+    64: "the certificate is for another IP address: check deepgram.url",
+}
+
+
+def tls_failure(
+    verify_code: int | None, description: str, *, clock_synchronized: bool | None
+) -> Failure:
+    """A refused certificate (``verify_code``: OpenSSL's ``X509_V_ERR_*``; None: the TLS
+    handshake failed otherwise) described by ``description`` (names the host).
+
+    A certificate not yet valid or expired is CLOCK: on a device without a battery-backed
+    clock the clock is the usual cause, and the supervisor retries once it is set. Other
+    refusals (unknown CA, wrong host name) do not depend on the time and will not fix
+    themselves: REJECTED, so that the server is not hammered; when the clock is known to be
+    unsynchronised (``clock_synchronized`` False; None: unknown) they name it too. A handshake
+    that failed without a verdict on the certificate (no common protocol, not TLS) is
+    REJECTED as well.
+    """
+    if verify_code in (CERT_NOT_YET_VALID, CERT_HAS_EXPIRED):
+        return Failure(
+            Verdict.CLOCK, "tls-clock", f"{description}; {CLOCK_HINT}", "TLS: check the clock"
+        )
+    if clock_synchronized is False and verify_code is not None:
+        description = f"{description}; the clock is not synchronised: {CLOCK_HINT}"
+    if verify_code is None:
+        return Failure(
+            Verdict.REJECTED,
+            "tls",
+            f"{description}; check deepgram.url (wss:// and the port of a TLS server)",
+            "TLS handshake failed",
+        )
+    hint = _TLS_HINTS.get(verify_code, "see docs/NETWORK.md")
+    return Failure(Verdict.REJECTED, "tls", f"{description}; {hint}", "TLS: certificate refused")
+
+
+def proxy_failure(status: int | None, description: str) -> Failure:
+    """The HTTP proxy refused the tunnel (``status``) or could not be reached (None).
+
+    407 and 403 will not fix themselves (REJECTED, with what to fix); a gateway error
+    (502/503/504), a refused connection or a timeout is TRANSIENT.
+    """
+    if status == 407:
+        return Failure(
+            Verdict.REJECTED,
+            "proxy-407",
+            f"{description}; fix the proxy credentials (deepgram.proxy_credentials_file)",
+            "proxy authentication failed (407)",
+        )
+    if status is not None and 400 <= status < 500:
+        return Failure(
+            Verdict.REJECTED,
+            f"proxy-{status}",
+            f"{description}; the proxy refuses the tunnel: ask its administrator to allow "
+            "CONNECT to this host and port, or set deepgram.proxy",
+            f"proxy refused ({status})",
+        )
+    cause = f"proxy-{status}" if status is not None else "proxy"
+    label = f"proxy error ({status})" if status is not None else "proxy unreachable"
+    return Failure(Verdict.TRANSIENT, cause, description, label)
+
+
+def config_failure(description: str) -> Failure:
+    """A setting that became unusable since startup (e.g. ``deepgram.ca_file`` deleted)."""
+    return Failure(
+        Verdict.REJECTED,
+        "config",
+        f"{description}; fix /etc/dgd.toml, then `systemctl reload dgd`",
+        "configuration problem",
+    )
 
 
 def timeout_failure(description: str) -> Failure:
@@ -175,6 +339,9 @@ class RetryPolicy:
             ceiling = min(RATE_LIMITED_MAX_S, self.rate_limited_s * 2.0**streak)
             return self._rng.uniform(ceiling / 2, ceiling)
         self._rate_limited_streak = 0
+        if failure.verdict is Verdict.CLOCK:
+            # An upper bound: the supervisor retries as soon as the clock is synchronised.
+            return self.max_s
         if failure.verdict is Verdict.REJECTED:
             # Jitter of ±10 % keeps a fleet of devices with the same bad key from retrying in step.
             return self.rejected_s * self._rng.uniform(0.9, 1.1)

@@ -8,6 +8,7 @@ and received on an open stream are in ``dgd.core.messages``.
 
 from __future__ import annotations
 
+import enum
 import http
 import json
 import re
@@ -108,6 +109,22 @@ def auth_headers(api_key: str) -> list[tuple[str, str]]:
         ``[("Authorization", "Token <api_key>")]``.
     """
     return [("Authorization", "Token " + api_key)]
+
+
+def bearer_headers(token: str) -> list[tuple[str, str]]:
+    """The handshake headers that authenticate with a temporary token:
+    ``[("Authorization", "Bearer <token>")]``."""
+    return [("Authorization", "Bearer " + token)]
+
+
+class Credential(enum.Enum):
+    """What a handshake's ``Authorization`` header carried (``deepgram.auth`` and whether a
+    key was configured), so that a refusal can say what to fix."""
+
+    API_KEY = "key"  # Token <key>
+    GRANTED_TOKEN = "grant"  # Bearer <token from /v1/auth/grant>
+    COMMAND_TOKEN = "command"  # Bearer <token printed by deepgram.token_command>
+    NOTHING = "none"  # no header: deepgram.auth = "none", or "key" without a key (self-hosted)
 
 
 @dataclass(frozen=True, slots=True)

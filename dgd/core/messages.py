@@ -1,6 +1,7 @@
 """Deepgram's messages on an open ``/v1/listen`` stream: parsing what the server sends (JSON
-``Results``, ``UtteranceEnd``, ``SpeechStarted``, ``Metadata``) and the control messages dgd
-sends (``KeepAlive``, ``Finalize``, ``CloseStream``).
+``Results``, ``UtteranceEnd``, ``SpeechStarted``, ``Metadata``, ``Error``, and the answers to
+``Configure``: ``ConfigureSuccess``/``ConfigureFailure``) and the control messages dgd sends
+(``KeepAlive``, ``Finalize``, ``CloseStream``, ``Configure``).
 
 Parsing never raises on remote content: anything malformed becomes an ``Unrecognized`` value
 whose ``reason`` says, in words, what was wrong. Content is bounded at the door: times must be
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 KEEPALIVE_MESSAGE: Final = '{"type":"KeepAlive"}'
 FINALIZE_MESSAGE: Final = '{"type":"Finalize"}'
 CLOSESTREAM_MESSAGE: Final = '{"type":"CloseStream"}'
+#: The ``[deepgram.query]`` parameters a ``Configure`` message can change on an open stream
+#: (Deepgram docs "Configure", 2026-10: ``keyterms`` replaces the stream's keyterms; the
+#: ``features`` object turns ``numerals`` on or off). Every other parameter needs a new stream.
+CONFIGURABLE_QUERY_KEYS: Final = frozenset({"keyterm", "numerals"})
 
 #: Largest server message that is JSON-parsed (bytes for a binary payload, characters for text).
 #: 256 KiB: a final ``Results`` carries ~100-150 bytes per word, and finals arrive every few
@@ -47,6 +52,14 @@ EXCERPT_CHARS: Final = 120
 #: How far a word may lie outside its result's span (seconds) before the result counts as
 #: inconsistent: room for rounding of the server's times, far less than a word.
 WORD_TOLERANCE_S: Final = 0.5
+#: Longest ``code`` of an ``Error``/``ConfigureFailure`` kept (characters); Deepgram's codes are
+#: short tags such as ``NET-0001`` or ``INVALID_KEYTERMS``. Longer ones are cut.
+MAX_CODE_CHARS: Final = 64
+#: Longest ``description`` kept (characters): a sentence for the journal, not a document.
+MAX_DESCRIPTION_CHARS: Final = 300
+#: Most keyterms a ``ConfigureSuccess`` may list: Deepgram allows 500 tokens of keyterms in all,
+#: so a list longer than that is not a plausible answer.
+MAX_KEYTERMS: Final = 500
 #: What replaces each lone surrogate in text (U+FFFD REPLACEMENT CHARACTER).
 REPLACEMENT_CHARACTER: Final = "\ufffd"
 #: A UTF-16 surrogate code point. ``json.loads`` joins an escaped high-low pair into one
@@ -184,7 +197,75 @@ class Repaired:
     excerpt: str
 
 
-ServerMessage = TranscriptResult | UtteranceEnd | SpeechStarted | Metadata | Repaired | Unrecognized
+@dataclass(frozen=True, slots=True)
+class ServerError:
+    """An ``Error`` message: the server reports a problem with the stream (it usually closes
+    the stream next, e.g. with 1011), or refuses a ``Configure``.
+
+    Text is made printable and bounded at the door (``MAX_CODE_CHARS``,
+    ``MAX_DESCRIPTION_CHARS``), so every field is safe to log on one line.
+
+    Attributes:
+        code: the error's code, e.g. ``"NET-0001"``; ``""`` when the server sent none.
+        description: what went wrong, in the server's words; ``""`` when absent.
+        variant: the error's variant (Deepgram's SDKs expose one), ``""`` when absent.
+    """
+
+    code: str
+    description: str
+    variant: str
+
+    def describe(self) -> str:
+        """``"<code>: <description>"`` (or whichever of them is there) for a log line."""
+        parts = [part for part in (self.code or self.variant, self.description) if part]
+        return ": ".join(parts) or "no code or description"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureSuccess:
+    """A ``ConfigureSuccess`` message: the last ``Configure`` took effect on this stream.
+
+    Attributes:
+        request_id: the stream's request id, ``""`` when absent.
+        keyterms: the keyterms now in effect when the update replaced them, else None.
+    """
+
+    request_id: str
+    keyterms: tuple[str, ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureFailure:
+    """A ``ConfigureFailure`` message: the last ``Configure`` was refused; the stream goes on
+    with the settings it had. Text is printable and bounded like ``ServerError``'s.
+
+    Attributes:
+        request_id: the stream's request id, ``""`` when absent.
+        code: the failure's code, ``""`` when absent.
+        description: why, in the server's words, ``""`` when absent.
+    """
+
+    request_id: str
+    code: str
+    description: str
+
+    def describe(self) -> str:
+        """``"<code>: <description>"`` (or whichever of them is there) for a log line."""
+        parts = [part for part in (self.code, self.description) if part]
+        return ": ".join(parts) or "no reason given"
+
+
+ServerMessage = (
+    TranscriptResult
+    | UtteranceEnd
+    | SpeechStarted
+    | Metadata
+    | ServerError
+    | ConfigureSuccess
+    | ConfigureFailure
+    | Repaired
+    | Unrecognized
+)
 
 
 class _Malformed(Exception):
@@ -380,6 +461,68 @@ def _parse_metadata(obj: dict[str, Any]) -> Metadata:
     )
 
 
+def _optional_text(obj: dict[str, Any], key: str, limit: int) -> str:
+    """An optional string field made printable (control characters and lone surrogates
+    backslash-escaped) and cut to ``limit`` characters; ``""`` when absent."""
+    value = _optional(obj, key)
+    if value is None:
+        return ""
+    return printable(_as_str(value, key), limit)
+
+
+def _parse_error(obj: dict[str, Any]) -> ServerError:
+    # Deepgram's docs name code and description; its SDKs also read a variant. All optional:
+    # an Error is reported whatever it carries, since what matters is that it came.
+    return ServerError(
+        code=_optional_text(obj, "code", MAX_CODE_CHARS),
+        description=_optional_text(obj, "description", MAX_DESCRIPTION_CHARS),
+        variant=_optional_text(obj, "variant", MAX_CODE_CHARS),
+    )
+
+
+def _parse_configure_success(obj: dict[str, Any]) -> ConfigureSuccess:
+    value = _optional(obj, "keyterms")
+    keyterms: tuple[str, ...] | None = None
+    if value is not None:
+        if not isinstance(value, list):
+            raise _Malformed(f"field keyterms is {_type_name(value)}, expected array")
+        if len(value) > MAX_KEYTERMS:
+            raise _Malformed(f"field keyterms has {len(value)} items, more than {MAX_KEYTERMS}")
+        keyterms = tuple(
+            printable(_as_str(term, f"keyterms[{index}]"), MAX_DESCRIPTION_CHARS)
+            for index, term in enumerate(value)
+        )
+    return ConfigureSuccess(
+        request_id=_optional_text(obj, "request_id", MAX_CODE_CHARS), keyterms=keyterms
+    )
+
+
+def _parse_configure_failure(obj: dict[str, Any]) -> ConfigureFailure:
+    return ConfigureFailure(
+        request_id=_optional_text(obj, "request_id", MAX_CODE_CHARS),
+        code=_optional_text(obj, "code", MAX_CODE_CHARS),
+        description=_optional_text(obj, "description", MAX_DESCRIPTION_CHARS),
+    )
+
+
+def configure_message(
+    *, keyterms: tuple[str, ...] | None = None, numerals: bool | None = None
+) -> str:
+    """The ``Configure`` text frame that changes settings on an open stream.
+
+    Args:
+        keyterms: the stream's new keyterms, replacing the old ones (``()`` clears them);
+            None leaves them as they are (the field is omitted).
+        numerals: turn ``numerals`` on or off; None leaves it as it is.
+    """
+    message: dict[str, object] = {"type": "Configure"}
+    if keyterms is not None:
+        message["keyterms"] = list(keyterms)
+    if numerals is not None:
+        message["features"] = {"numerals": numerals}
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
 def _repaired_text(text: str, path: str, repaired: list[str]) -> str:
     if _SURROGATE.search(text) is None:
         return text
@@ -428,15 +571,20 @@ _PARSERS: Final[dict[str, Callable[[dict[str, Any]], ServerMessage]]] = {
     "UtteranceEnd": _parse_utterance_end,
     "SpeechStarted": _parse_speech_started,
     "Metadata": _parse_metadata,
+    "Error": _parse_error,
+    "ConfigureSuccess": _parse_configure_success,
+    "ConfigureFailure": _parse_configure_failure,
 }
 
 
 def parse_server_message(payload: str | bytes) -> ServerMessage:
     """Parses one message from the Deepgram ``/v1/listen`` WebSocket.
 
-    Deepgram sends JSON text frames of four types (``Results``, ``Metadata``, ``UtteranceEnd``,
-    ``SpeechStarted``). A binary payload is treated exactly like the same text when it is valid
-    UTF-8. For ``Results`` only the first alternative is kept; optional fields that are absent
+    Deepgram sends JSON text frames of these types: ``Results``, ``Metadata``, ``UtteranceEnd``,
+    ``SpeechStarted``, ``Error``, and ``ConfigureSuccess``/``ConfigureFailure`` (one answers
+    each ``Configure``); the text fields of the last three are made printable and cut to
+    bounds. A binary payload is treated exactly like the same text when it is valid UTF-8. For
+    ``Results`` only the first alternative is kept; optional fields that are absent
     (or JSON null) get defaults: ``speech_final``/``from_finalize`` False, ``confidence`` 0.0,
     ``words`` empty, ``request_id`` ``""``, channel 0.
 

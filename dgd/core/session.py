@@ -22,8 +22,11 @@ from dgd.core.messages import (
     CLOSESTREAM_MESSAGE,
     FINALIZE_MESSAGE,
     KEEPALIVE_MESSAGE,
+    ConfigureFailure,
+    ConfigureSuccess,
     Metadata,
     Repaired,
+    ServerError,
     SpeechStarted,
     TranscriptResult,
     Unrecognized,
@@ -68,7 +71,16 @@ class Marker:
     at_s: float
 
 
-SessionEvent = Transcript | Confirmed | Marker | Metadata | Unrecognized
+SessionEvent = (
+    Transcript
+    | Confirmed
+    | Marker
+    | Metadata
+    | ServerError
+    | ConfigureSuccess
+    | ConfigureFailure
+    | Unrecognized
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +159,13 @@ class Session:
         self._last_sent_at = now
         return FINALIZE_MESSAGE
 
+    def configure(self, text: str, now: float) -> str:
+        """Return ``text``, a ``Configure`` text frame (``dgd.core.messages.configure_message``),
+        to send now: it counts as traffic for the keep-alive timer."""
+        self._require_open("Configure")
+        self._last_sent_at = now
+        return text
+
     def close_stream(self, now: float) -> str:
         """Return the ``CloseStream`` text frame; afterwards only results come back."""
         self._require_open("CloseStream")
@@ -217,7 +236,9 @@ class Session:
         with a time more than ``SENT_TOLERANCE_S`` beyond the audio sent on this connection,
         yields only ``Unrecognized``: no transcript, no confirmation. A message whose text was
         repaired (``Repaired``) yields its events after an ``Unrecognized`` that says so.
-        Each of these counts once in ``statistics().unrecognized``.
+        Each of these counts once in ``statistics().unrecognized``. ``ServerError``,
+        ``ConfigureSuccess`` and ``ConfigureFailure`` carry no stream time and are yielded as
+        they are, for the link to act on.
         """
         message = parse_server_message(payload)
         note: Unrecognized | None = None
@@ -227,6 +248,8 @@ class Session:
         if isinstance(message, Unrecognized):
             self._unrecognized += 1
             return [message]
+        if isinstance(message, ServerError | ConfigureSuccess | ConfigureFailure):
+            return [message]  # no stream time: the link acts on them
         beyond = self._beyond_sent(message)
         if beyond is not None:
             self._unrecognized += 1

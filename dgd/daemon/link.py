@@ -7,19 +7,35 @@ reader: it turns server messages into events. The liveness task pings and expect
 a half-open connection or a server that stopped answering is noticed within
 ``ping_interval_s + ping_timeout_s``. Any of them failing ends the link with a ``LinkFailure``
 for the supervisor; the link itself never decides to retry.
+
+A reload that changes only what ``Configure`` can change (``dgd.core.reload``) hands the link
+a ``Configure`` frame (``LinkContext.configure``); the sender sends it on the open stream and a
+watcher waits ``CONFIGURE_ANSWER_TIMEOUT_S`` for the answer. ``ConfigureSuccess`` is logged
+(``configured``); ``ConfigureFailure``, an ``Error`` in its place, or no answer in time ends
+the stream gracefully instead (``close_requested``), so the next handshake carries the new
+settings and nothing is lost. An ``Error`` message is logged with its code; when the server
+then closes the stream, the ``LinkFailure`` names the Error (``classify_server_error``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from dgd.core.backoff import Failure, network_failure, timeout_failure
+from dgd.core.backoff import Failure, classify_server_error, network_failure, timeout_failure
+from dgd.core.connection import parse_close
 from dgd.core.events import AudioFrame, FormatChange, OutboxItem, Transcript
-from dgd.core.messages import Metadata, Unrecognized
+from dgd.core.logtext import printable
+from dgd.core.messages import (
+    ConfigureFailure,
+    ConfigureSuccess,
+    Metadata,
+    ServerError,
+    Unrecognized,
+)
 from dgd.core.session import Confirmed, Marker, ReplayPacer, Session, SessionEvent
 from dgd.daemon import wsclient
 from dgd.daemon.logsetup import event
@@ -32,6 +48,15 @@ if TYPE_CHECKING:
     from dgd.core.pcm import PcmFormat
 
 log = logging.getLogger("dgd.link")
+
+#: How long the link waits for the answer to a ``Configure`` (Deepgram answers each one with
+#: exactly one ``ConfigureSuccess`` or ``ConfigureFailure``) before it gives up on it and
+#: reconnects with the new settings: a round trip and the server's work take well under a
+#: second, and audio keeps flowing while the link waits, so a few seconds cost nothing.
+CONFIGURE_ANSWER_TIMEOUT_S: Final = 5.0
+#: Longest excerpt of new settings (a Configure frame, the keyterms in effect) in a log line:
+#: a list of hundreds of keyterms is config the operator has, not news for the journal.
+LOGGED_SETTINGS_CHARS: Final = 200
 
 
 class LinkFailure(Exception):
@@ -91,6 +116,22 @@ class LinkContext:
     #: (trio time, seconds of backlog) when a connection began with a replay backlog; the
     #: sender reports how long catching up took once the outbox runs empty.
     catchup: tuple[float, float] | None = None
+    #: A ``Configure`` text frame the sender is to send on the open stream (config reload),
+    #: None when there is none; the sender takes it. Each connection starts without one: its
+    #: handshake already carries the settings in force.
+    configure_text: str | None = None
+
+    def configure(self, text: str) -> None:
+        """Change settings on the open stream with ``text`` (a ``Configure`` frame, newest
+        wins); the link falls back to a graceful reconnect if the server does not accept it."""
+        self.configure_text = text
+        self.feed.poke()
+
+    def reconnect_gracefully(self) -> None:
+        """End the current stream with ``CloseStream`` so the next handshake carries the
+        settings now in force (its finals arrive; nothing is lost)."""
+        self.close_requested.set()
+        self.feed.poke()
 
 
 class _Run:
@@ -100,6 +141,26 @@ class _Run:
         self.scope = scope
         self.failure: Failure | None = None
         self.closed_gracefully = False
+        #: The ``Error`` the server sent on this stream, if any: a close that follows is
+        #: reported as that Error.
+        self.server_error: ServerError | None = None
+        #: ``Configure`` frames sent and not yet answered, and when the newest one is due.
+        self.configures_unanswered = 0
+        self.configure_due_at = 0.0
+        self.configure_changed = trio.Event()
+
+    def configure_sent(self, now: float) -> None:
+        self.configures_unanswered += 1
+        self.configure_due_at = now + CONFIGURE_ANSWER_TIMEOUT_S
+        self.configure_changed.set()
+
+    def configure_answered(self) -> bool:
+        """One ``Configure`` was answered; False when none was waiting for an answer."""
+        if self.configures_unanswered == 0:
+            return False
+        self.configures_unanswered -= 1
+        self.configure_changed.set()
+        return True
 
     def fail(self, failure: Failure) -> None:
         if self.failure is None and not self.closed_gracefully:
@@ -122,11 +183,13 @@ async def run_link(
         LinkFailure: the connection failed, was closed by the server, stopped answering, or
             did not finish within ``stream.close_timeout_s`` of ``CloseStream``.
     """
+    ctx.configure_text = None  # this stream's handshake carries the settings in force
     async with trio.open_nursery() as nursery:
         run = _Run(nursery.cancel_scope)
         nursery.start_soon(_sender, ws, session, ctx, run, fmt)
         nursery.start_soon(_receiver, ws, session, ctx, run)
         nursery.start_soon(_liveness, ws, ctx, run)
+        nursery.start_soon(_configure_watch, ctx, run)
     session.connection_lost()
     if run.failure is not None:
         raise LinkFailure(run.failure)
@@ -136,8 +199,14 @@ def _on_close(run: _Run, session: Session, exc: wsclient.Closed) -> None:
     failure = session.closed(exc.code, exc.reason)
     if failure is None:
         run.done()
-    else:
-        run.fail(failure)
+        return
+    if run.server_error is not None:
+        # The Error said why; the close that follows it only ends the stream.
+        error = run.server_error
+        failure = classify_server_error(
+            error.code, error.description, parse_close(exc.code, exc.reason)
+        )
+    run.fail(failure)
 
 
 async def _send_bytes(ws: wsclient.WebSocketPort, payload: bytes, timeout_s: float) -> None:
@@ -168,6 +237,17 @@ async def _sender(
                     continue
                 # Audio of another rate or channel count follows: it needs its own handshake.
                 item, finishing = None, True
+            if ctx.configure_text is not None:
+                text, ctx.configure_text = ctx.configure_text, None
+                if not finishing:  # else the next handshake carries the new settings anyway
+                    await _send_text(ws, session.configure(text, trio.current_time()), timeout_s)
+                    run.configure_sent(trio.current_time())
+                    event(
+                        "configure_sent",
+                        "new settings sent to the open stream: %s",
+                        printable(text, LOGGED_SETTINGS_CHARS),
+                    )
+                continue
             if item is None and ctx.catchup is not None:
                 _report_catchup(ctx)
             if item is None and finishing:
@@ -251,7 +331,7 @@ async def _receiver(
         while True:
             payload = await ws.receive()
             for item in session.receive(payload):
-                _dispatch(item, session, ctx, outbox)
+                _dispatch(item, session, ctx, run, outbox)
             if session.finished:
                 run.done()
                 return
@@ -261,8 +341,12 @@ async def _receiver(
         run.fail(network_failure(str(exc) or type(exc).__name__))
 
 
-def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Outbox) -> None:
-    if isinstance(item, Transcript):
+def _dispatch(
+    item: SessionEvent, session: Session, ctx: LinkContext, run: _Run, outbox: Outbox
+) -> None:
+    if isinstance(item, ServerError | ConfigureSuccess | ConfigureFailure):
+        _on_control_answer(item, ctx, run)
+    elif isinstance(item, Transcript):
         ctx.on_transcript(item)
     elif isinstance(item, Confirmed):
         outbox.confirm(item.offset_s)
@@ -287,6 +371,73 @@ def _dispatch(item: SessionEvent, session: Session, ctx: LinkContext, outbox: Ou
         )
     elif isinstance(item, Marker):
         log.debug("%s at %.3f", item.kind, item.at_s)
+
+
+def _on_control_answer(
+    item: ServerError | ConfigureSuccess | ConfigureFailure, ctx: LinkContext, run: _Run
+) -> None:
+    """Log an ``Error`` or a ``Configure`` answer; fall back to a graceful reconnect when the
+    server refused new settings (``ConfigureFailure``, or an ``Error`` in its place)."""
+    if isinstance(item, ConfigureSuccess):
+        run.configure_answered()
+        terms = "unchanged" if item.keyterms is None else ", ".join(item.keyterms) or "none"
+        event(
+            "configured",
+            "Deepgram applied the new settings to the open stream (keyterms: %s)",
+            printable(terms, LOGGED_SETTINGS_CHARS),
+            keyterm_count="" if item.keyterms is None else len(item.keyterms),
+        )
+        return
+    if isinstance(item, ConfigureFailure):
+        run.configure_answered()
+        event(
+            "configure_failed",
+            "Deepgram refused the new settings on the open stream (%s); reconnecting so that "
+            "they take effect",
+            item.describe(),
+            level=logging.WARNING,
+            code=item.code,
+        )
+        ctx.reconnect_gracefully()
+        return
+    run.server_error = run.server_error or item
+    answers_configure = run.configure_answered()
+    event(
+        "server_error",
+        "Deepgram reported an error on the stream: %s%s",
+        item.describe(),
+        "; it refused the new settings: reconnecting so that they take effect"
+        if answers_configure
+        else "",
+        level=logging.WARNING,
+        code=item.code,
+    )
+    if answers_configure:
+        ctx.reconnect_gracefully()
+
+
+async def _configure_watch(ctx: LinkContext, run: _Run) -> None:
+    """Give up on a ``Configure`` that got no answer within ``CONFIGURE_ANSWER_TIMEOUT_S`` (a
+    server that does not know the message ignores it) and reconnect with the new settings."""
+    while True:
+        if run.configures_unanswered == 0:
+            await run.configure_changed.wait()
+            run.configure_changed = trio.Event()
+            continue
+        with trio.move_on_at(run.configure_due_at) as scope:
+            await run.configure_changed.wait()
+            run.configure_changed = trio.Event()
+        if not scope.cancelled_caught:
+            continue  # answered, or another Configure was sent: look again
+        run.configures_unanswered = 0
+        event(
+            "configure_unanswered",
+            "no answer to Configure within %g s (the server may not support it); reconnecting "
+            "so that the new settings take effect",
+            CONFIGURE_ANSWER_TIMEOUT_S,
+            level=logging.WARNING,
+        )
+        ctx.reconnect_gracefully()
 
 
 async def _liveness(ws: wsclient.WebSocketPort, ctx: LinkContext, run: _Run) -> None:

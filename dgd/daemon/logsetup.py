@@ -18,6 +18,7 @@ this module installs, so the handlers and the filters stay together.
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import fcntl
 import importlib
@@ -69,6 +70,11 @@ def secret_forms(secret: str) -> set[str]:
     return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
 
 
+#: Temporary tokens scrubbed: one is fetched per connection attempt and used only in that
+#: attempt's handshake, so the newest few cover every line that can still mention one.
+TOKENS_KEPT: Final = 16
+
+
 class SecretFilter(logging.Filter):
     """Replaces secrets in every part of a record that a handler can print or send.
 
@@ -86,6 +92,8 @@ class SecretFilter(logging.Filter):
         super().__init__()
         self._secrets: tuple[str, ...] = ()
         self._secrets_bytes: tuple[bytes, ...] = ()
+        self._lasting: set[str] = set()  # the key's and the query's forms
+        self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_KEPT)
 
     def _install(self, forms: set[str]) -> None:
         ordered = tuple(sorted(forms, key=lambda form: (-len(form), form)))  # longest first
@@ -93,12 +101,22 @@ class SecretFilter(logging.Filter):
         self._secrets = ordered  # one assignment: a logging thread sees old or new, never half
 
     def set_secrets(self, *secrets: str) -> None:
-        """The values never to print, replacing the previous ones (short values are ignored)."""
-        self._install({form for secret in secrets for form in secret_forms(secret)})
+        """The values never to print, replacing the previous ones and the tokens (short values
+        are ignored)."""
+        self._lasting = {form for secret in secrets for form in secret_forms(secret)}
+        self._tokens.clear()
+        self._install(self._lasting)
 
     def add_secrets(self, *secrets: str) -> None:
         """Add values never to print; the earlier ones stay (an old key may still be in flight)."""
-        self._install(set(self._secrets).union(*(secret_forms(s) for s in secrets)))
+        self._lasting = self._lasting.union(*(secret_forms(s) for s in secrets))
+        self._install(self._lasting.union(*(secret_forms(t) for t in self._tokens)))
+
+    def add_token(self, token: str) -> None:
+        """Add a temporary token (one per connection attempt); only the newest
+        ``TOKENS_KEPT`` are kept, so that weeks of reconnects do not grow the list for ever."""
+        self._tokens.append(token)
+        self._install(self._lasting.union(*(secret_forms(t) for t in self._tokens)))
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -236,6 +254,12 @@ def register_secrets(api_key: str, query: Iterable[tuple[str, str]] = ()) -> Non
     registered earlier stay scrubbed (an old key can still be in flight on a closing stream).
     """
     SECRETS.add_secrets(api_key, *(v for k, v in query if k.lower() in SECRET_QUERY_KEYS))
+
+
+def register_token(token: str) -> None:
+    """Scrub a temporary token (``deepgram.auth = "grant"`` or ``"command"``) from every log
+    line from now on; the oldest is forgotten after ``TOKENS_KEPT`` newer ones."""
+    SECRETS.add_token(token)
 
 
 def forbid_core_dumps() -> bool:

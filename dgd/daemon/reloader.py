@@ -85,6 +85,8 @@ class Reloader:
             self._apply_in_place(old, new_config)
         if plan.reopen_capture:
             await self._reopen_capture()
+        if plan.configure:
+            self._configure(plan.configure)
         if plan.reconnect:
             self._reconnect_gracefully()
         if d.supervisor.last_failure is not None:
@@ -122,8 +124,15 @@ class Reloader:
         supervisor then connects again with the settings now in force."""
         d = self._daemon
         if d.supervisor.connected:
-            d.link.close_requested.set()
-            d.feed.poke()
+            d.link.reconnect_gracefully()
+
+    def _configure(self, text: str) -> None:
+        """Change the open stream's settings with the ``Configure`` frame ``text``; the link
+        reconnects instead if the server refuses it or does not answer. Without an open
+        stream there is nothing to do: the next handshake carries the new settings."""
+        d = self._daemon
+        if d.supervisor.connected:
+            d.link.configure(text)
 
     def _format_changed(self, fmt: PcmFormat) -> None:
         d = self._daemon

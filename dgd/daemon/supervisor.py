@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import time
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -22,18 +24,22 @@ from dgd.core.backoff import (
     RetryPolicy,
     Verdict,
     classify_rejection,
+    config_failure,
     network_failure,
+    proxy_failure,
+    tls_failure,
 )
-from dgd.core.connection import auth_headers, listen_url, parse_rejection
+from dgd.core.config import ConfigError
+from dgd.core.connection import listen_url, parse_rejection
 from dgd.core.events import FormatChange
 from dgd.core.session import Session, SessionStatistics
 from dgd.core.stats import LinkStatistics
-from dgd.daemon import wsclient
+from dgd.daemon import clocksync, credentials, transport, wsclient
 from dgd.daemon.link import LinkContext, LinkFailure, run_link
 from dgd.daemon.logsetup import event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from dgd.core.config import Config
 
@@ -41,6 +47,10 @@ log = logging.getLogger("dgd.supervisor")
 
 #: Pause between the few connection attempts made while shutting down.
 SHUTDOWN_RETRY_S: Final = 0.5
+#: After a certificate was refused for its dates: how often the clock is looked at, ...
+CLOCK_POLL_S: Final = 1.0
+#: ... and how far the wall clock must move against the monotonic one to count as set.
+CLOCK_STEP_S: Final = 2.0
 
 
 class Supervisor:
@@ -53,6 +63,8 @@ class Supervisor:
         set_status: shows a line in ``STATUS=``.
         rng: randomness for backoff jitter.
         connect: opens a WebSocket (``wsclient.connect``; tests pass an in-memory one).
+        environ: the proxy variables' source (``os.environ`` when None).
+        clock_synchronized: is the system clock set? (``clocksync``; tests inject it).
     """
 
     def __init__(
@@ -64,9 +76,15 @@ class Supervisor:
         set_status: Callable[[str], None],
         rng: random.Random | None = None,
         connect: wsclient.Connector = wsclient.connect,
+        environ: Mapping[str, str] | None = None,
+        clock_synchronized: Callable[[], bool | None] = clocksync.clock_synchronized,
     ) -> None:
         self.ctx = ctx
         self._connect = connect
+        # The proxy variables are read per attempt: ``os.environ`` unless a test passes its own.
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._clock_synchronized = clock_synchronized
+        self._networks = transport.NetworkCache()
         self._config = config
         self._api_key = api_key
         self._set_status = set_status
@@ -158,13 +176,35 @@ class Supervisor:
         stream = config.stream
         self._set_status("connecting")
         try:
+            # Checked per attempt (a reload or an edited file changes it), built only when
+            # something changed.
+            network = self._networks.get(config.deepgram, self._environ)
+        except ConfigError as exc:
+            return config_failure(str(exc))
+        try:
+            # A temporary token is fetched per attempt (deepgram.auth): the last one may have
+            # expired. The grant goes through the same network (proxy, CAs) as the WebSocket,
+            # so its TLS and proxy failures are classified below like the WebSocket's.
+            api_key = self._api_key()
+            auth = await credentials.authorization(
+                config.deepgram,
+                api_key,
+                network=network,
+                timeout_s=stream.connect_timeout_s,
+            )
             async with self._connect(
                 url,
-                auth_headers(self._api_key()),
+                auth.headers,
                 connect_timeout_s=stream.connect_timeout_s,
                 disconnect_timeout_s=min(2.0, stream.close_timeout_s),
+                network=network,
             ) as ws:
                 self._on_connected()
+                if self._config().deepgram != config.deepgram or self._api_key() != api_key:
+                    # A reload came during the handshake, which carried the settings before
+                    # it (and found no open stream to Configure or close): end this stream
+                    # gracefully at once, so that the next one carries the new settings.
+                    self.ctx.reconnect_gracefully()
                 session = Session(
                     keepalive_interval_s=stream.keepalive_interval_s, now=trio.current_time()
                 )
@@ -176,8 +216,17 @@ class Supervisor:
                     self._finished_streams += session.statistics()
                     self.connected = False
                     self.ctx.close_requested = trio.Event()
+        except credentials.CredentialError as exc:
+            return exc.failure
         except wsclient.Rejected as exc:
-            return classify_rejection(parse_rejection(exc.status, exc.headers, exc.body))
+            rejection = parse_rejection(exc.status, exc.headers, exc.body)
+            return classify_rejection(rejection, auth.credential)
+        except transport.TlsError as exc:
+            return tls_failure(
+                exc.verify_code, str(exc), clock_synchronized=self._clock_synchronized()
+            )
+        except transport.ProxyError as exc:
+            return proxy_failure(exc.status, str(exc))
         except wsclient.NetworkError as exc:
             return network_failure(str(exc))
         except LinkFailure as exc:
@@ -229,6 +278,9 @@ class Supervisor:
     async def _wait(self, delay_s: float, failure: Failure) -> None:
         deadline = trio.current_time() + delay_s
         self._retry_now = trio.Event()
+        if failure.verdict is Verdict.CLOCK:
+            await self._wait_for_clock(deadline, failure)
+            return
         while True:
             remaining_s = deadline - trio.current_time()
             if remaining_s <= 0 or self._retry_now.is_set() or self.ctx.stopping.is_set():
@@ -242,6 +294,28 @@ class Supervisor:
                 )
             # Refresh the countdown now and then, not every tick: STATUS= is for humans.
             with trio.move_on_after(min(remaining_s, 10.0)):
+                await _wait_any(self._retry_now, self.ctx.stopping)
+
+    async def _wait_for_clock(self, deadline: float, failure: Failure) -> None:
+        """After a certificate was refused for its dates: wait until the clock becomes
+        synchronised or is stepped (the wall clock jumps against the monotonic one), a reload
+        or stop, or ``deadline`` (the clock may be right and the certificate wrong)."""
+        was_synchronized = self._clock_synchronized()
+        offset_s = time.time() - time.monotonic()
+        while True:
+            remaining_s = deadline - trio.current_time()
+            if remaining_s <= 0 or self._retry_now.is_set() or self.ctx.stopping.is_set():
+                return
+            synchronized = self._clock_synchronized()
+            stepped = abs(time.time() - time.monotonic() - offset_s) > CLOCK_STEP_S
+            if stepped or (synchronized and not was_synchronized):
+                log.info("the system clock was set; connecting again")
+                return
+            self._set_status(
+                f"{failure.status}: waiting for the system clock to be set "
+                f"(retrying in {remaining_s:.0f} s)"
+            )
+            with trio.move_on_after(min(remaining_s, CLOCK_POLL_S)):
                 await _wait_any(self._retry_now, self.ctx.stopping)
 
 

@@ -3,16 +3,18 @@
 Everything else sees ``WebSocket`` (send bytes/text, receive, ping, close) and three
 exceptions: ``Rejected`` (the handshake got an HTTP error), ``Closed`` (the connection ended,
 with the close code; 1006 when it dropped without a close frame) and ``NetworkError``
-(DNS/TCP/TLS). Swapping trio-websocket for a driver over wsproto stays a change to this file.
+(DNS/TCP/TLS/proxy, from ``dgd.daemon.transport``, which opens the stream the handshake runs
+over). Swapping trio-websocket for a driver over wsproto stays a change to this file.
 trio-websocket offers no permessage-deflate, which is what we want: compression would cost
 CPU on every frame for audio that does not compress.
 """
 
 from __future__ import annotations
 
-import ssl
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from typing import TYPE_CHECKING, Final, Protocol
+import logging
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -20,9 +22,23 @@ from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
 from dgd.core.connection import ABNORMAL_CLOSURE
 from dgd.core.messages import MAX_MESSAGE_BYTES
+from dgd.daemon import transport
+from dgd.daemon.transport import Network, NetworkError
+
+__all__ = [
+    "Closed",
+    "Connector",
+    "NetworkError",
+    "Rejected",
+    "WebSocket",
+    "WebSocketPort",
+    "connect",
+]
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
+
+log = logging.getLogger("dgd.wsclient")
 
 #: Largest server message the WebSocket layer accepts: 8 × the parser's limit
 #: (``dgd.core.messages.MAX_MESSAGE_BYTES``). A message between the two is read, refused by the
@@ -52,10 +68,6 @@ class Closed(Exception):
         self.reason = reason
 
 
-class NetworkError(Exception):
-    """The connection could not be established (DNS, TCP, TLS, timeout)."""
-
-
 def _closed_from(exc: trio_websocket.ConnectionClosed) -> Closed:
     reason = exc.reason
     code = getattr(reason, "code", None) or ABNORMAL_CLOSURE
@@ -82,6 +94,7 @@ class Connector(Protocol):
         *,
         connect_timeout_s: float,
         disconnect_timeout_s: float,
+        network: Network,
     ) -> AbstractAsyncContextManager[WebSocketPort]: ...
 
 
@@ -132,6 +145,31 @@ class WebSocket:
         await self._ws.aclose(code=code)
 
 
+def _target(url: str) -> tuple[str, int, bool, str, str]:
+    """``(host, port, tls, resource, host header)`` of a ``ws://``/``wss://`` URL."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    resource = parts.path or "/"
+    if parts.query:
+        resource += "?" + parts.query
+    shown = f"[{host}]" if ":" in host else host
+    header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+    return host, port, tls, resource, header
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a nursery's group stands for: the first that is not ``Cancelled``
+    (the reader task's ``ConnectionRejected``, or what the caller's body raised)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _unwrap(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group.exceptions[0]
+
+
 @asynccontextmanager
 async def connect(
     url: str,
@@ -139,34 +177,79 @@ async def connect(
     *,
     connect_timeout_s: float,
     disconnect_timeout_s: float,
+    network: Network,
 ) -> AsyncIterator[WebSocket]:
-    """Open a WebSocket to ``url`` with extra request ``headers``.
+    """Open a WebSocket to ``url`` with extra request ``headers``, reaching the server as
+    ``network`` says (trust, proxy). ``connect_timeout_s`` bounds everything up to the upgrade;
+    leaving the context starts the closing handshake, given ``disconnect_timeout_s``.
 
     Raises:
         Rejected: the server refused the upgrade with an HTTP status.
-        NetworkError: name resolution, TCP, TLS or the handshake failed or timed out.
+        NetworkError: name resolution, TCP, the proxy (``transport.ProxyError``), TLS
+            (``transport.TlsError``) or the handshake failed or timed out.
     """
-    ssl_context = ssl.create_default_context() if url.startswith("wss:") else None
+    host, port, tls, resource, host_header = _target(url)
+    # The URL may carry a secret query value: the log filter scrubs it (logsetup).
+    log.debug("Connecting to %s", url)
     extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(
-                    url,
-                    ssl_context,
-                    extra_headers=extra,
-                    max_message_size=MAX_WIRE_MESSAGE_BYTES,
-                    connect_timeout=connect_timeout_s,
-                    disconnect_timeout=disconnect_timeout_s,
-                )
+    deadline = trio.current_time() + connect_timeout_s
+    try:
+        async with trio.open_nursery() as nursery:
+            # open_stream names its own timeouts (the proxy, TCP, the TLS handshake); the
+            # WebSocket handshake gets what is left of the same deadline.
+            stream = await transport.open_stream(
+                host, port, tls=tls, network=network, timeout_s=connect_timeout_s
             )
-        except trio_websocket.ConnectionRejected as exc:
-            raise Rejected(exc.status_code, exc.headers or (), exc.body) from exc
-        except trio_websocket.ConnectionTimeout as exc:
-            raise NetworkError(f"no answer within {connect_timeout_s:g} s") from exc
-        except trio_websocket.HandshakeError as exc:
-            cause = exc.__cause__
-            raise NetworkError(str(cause) if cause else "WebSocket handshake failed") from exc
-        except (OSError, trio.BrokenResourceError) as exc:  # ssl.SSLError is an OSError
-            raise NetworkError(str(exc) or type(exc).__name__) from exc
-        yield WebSocket(ws)
+            try:
+                with trio.fail_at(deadline):
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        # Typed for trio's socket and SSL streams in 0.12; any trio Stream
+                        # works (a proxy tunnel with bytes already read is not a socket).
+                        cast("Any", stream),
+                        host_header,
+                        resource,
+                        extra_headers=extra,
+                        max_message_size=MAX_WIRE_MESSAGE_BYTES,
+                    )
+            except trio.TooSlowError:
+                await trio.aclose_forcefully(stream)
+                raise NetworkError(
+                    f"no answer from {host}:{port} within {connect_timeout_s:g} s "
+                    "(WebSocket handshake)"
+                ) from None
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            try:
+                yield WebSocket(ws)
+            finally:
+                with trio.move_on_after(disconnect_timeout_s):
+                    await ws.aclose()
+                # Whatever the close handshake did, the reader task must not outlive us.
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # trio >= 0.25 wraps what the nursery saw (the reader task's rejection, or the
+        # caller's own exception) in a group; the caller expects the one that matters.
+        raise _translate(_unwrap(group)) from None
+    except (trio_websocket.HandshakeError, OSError, trio.BrokenResourceError) as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Map trio-websocket's handshake exceptions to ``Rejected`` / ``NetworkError``; others
+    (``Closed``, the caller's own, ``Cancelled``) stay as they are."""
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        rejected = Rejected(exc.status_code, exc.headers or (), exc.body)
+        rejected.__cause__ = exc
+        return rejected
+    if isinstance(exc, trio_websocket.HandshakeError):
+        cause = exc.__cause__
+        failed = NetworkError(str(cause) if cause else "WebSocket handshake failed")
+        failed.__cause__ = exc
+        return failed
+    if isinstance(exc, (OSError, trio.BrokenResourceError)) and not isinstance(exc, NetworkError):
+        failed = NetworkError(str(exc) or type(exc).__name__)
+        failed.__cause__ = exc
+        return failed
+    return exc

@@ -3,20 +3,26 @@
 It answers the live STT protocol of ``docs/FAKE_SERVER.md`` (handshake checks, Results built
 from its own energy detector, Finalize/CloseStream/KeepAlive, the 10 s idle close), records
 every connection attempt when asked to, and injects the faults of a JSON fault plan (rejected
-handshakes, TCP drops, error closes, stalls, malformed messages). It never recognises speech:
-a transcript says how much voiced audio a span held, so tests can compute it from the bytes.
+handshakes, TCP drops, error closes, stalls, malformed messages, ``Error`` messages,
+refused or ignored ``Configure``). It serves TLS (``--tls-cert``) and temporary tokens. It
+never recognises speech: a transcript says how much voiced audio a span held, so tests can
+compute it from the bytes.
 
 The modules, from the outside in:
 
 - ``server.py``: ``serve`` (the listener; one attempt counter per call), each TCP
   connection's handshake (decide, record, reject or accept), and ``main``, the command line.
+- ``grant.py``: ``POST /v1/auth/grant`` on the same port (temporary tokens for
+  ``Authorization: Bearer``, remembered until they expire), and the replay of a request line
+  that is not a grant into the WebSocket handshake.
 - ``handshake.py``: the checks of a handshake and their answer: ``auth_ok``,
   ``parse_options`` (the query as ``StreamOptions``), ``Rejection`` (status and Deepgram's
   error body). No I/O.
 - ``connection.py``: one accepted WebSocket: the receive loop, control messages, the idle
   close, the timed faults, and the TCP stream that can stall or be aborted.
 - ``speech.py``: ``SpeechTracker``, the fake recogniser: audio bytes in, ``Results``,
-  ``SpeechStarted``, ``UtteranceEnd`` and ``Metadata`` message objects out. No I/O.
+  ``SpeechStarted``, ``UtteranceEnd`` and ``Metadata`` message objects out; ``Configure``
+  changes its keyterms (``ConfigureSuccess``/``ConfigureFailure``). No I/O.
 - ``faults.py``: ``FaultPlan`` and its rules and actions, parsed and validated from JSON
   (``FaultPlanError``). No I/O.
 - ``malformed.py``: the messages of each kind the ``malformed_after_s`` fault sends: broken
@@ -37,8 +43,10 @@ from dgd.testing.fakeserver.faults import (
     MALFORMED_KINDS,
     Attempts,
     CloseAfterFault,
+    ConfigureFault,
     DropAfterBytesFault,
     DropAfterFault,
+    ErrorAfterFault,
     Fault,
     FaultPlan,
     FaultPlanError,
@@ -53,7 +61,7 @@ from dgd.testing.fakeserver.handshake import (
     auth_ok,
     parse_options,
 )
-from dgd.testing.fakeserver.server import main, serve
+from dgd.testing.fakeserver.server import main, serve, tls_server_context
 from dgd.testing.fakeserver.speech import MODEL_UUID, SpeechTracker
 
 __all__ = [
@@ -65,8 +73,10 @@ __all__ = [
     "MODEL_UUID",
     "Attempts",
     "CloseAfterFault",
+    "ConfigureFault",
     "DropAfterBytesFault",
     "DropAfterFault",
+    "ErrorAfterFault",
     "Fault",
     "FaultPlan",
     "FaultPlanError",
@@ -80,4 +90,5 @@ __all__ = [
     "main",
     "parse_options",
     "serve",
+    "tls_server_context",
 ]

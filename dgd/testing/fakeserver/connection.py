@@ -1,7 +1,8 @@
 """One accepted WebSocket: the receive loop, the control messages, the timed faults.
 
 ``_Connection`` feeds binary frames to its ``SpeechTracker`` and sends what it returns,
-answers Finalize/CloseStream/KeepAlive, closes 1011/NET-0001 after the idle timeout, and
+answers Finalize/CloseStream/KeepAlive and Configure (unless a ``configure`` fault says
+otherwise), closes 1011/NET-0001 after the idle timeout, and
 fires the plan's timed faults. ``_FaultableStream`` sits under trio-websocket and does the
 two faults the library cannot: stalling both directions and aborting the TCP connection.
 Everything is written to the connection's ``_Recorder``.
@@ -21,9 +22,12 @@ import trio_websocket
 from wsproto.utilities import LocalProtocolError as WsprotoStateError
 
 from dgd.testing.fakeserver.faults import (
+    MAX_CLOSE_REASON_BYTES,
     CloseAfterFault,
+    ConfigureFault,
     DropAfterBytesFault,
     DropAfterFault,
+    ErrorAfterFault,
     RejectFault,
     StallFault,
 )
@@ -51,16 +55,22 @@ _CLOSE_HANDSHAKE_TIMEOUT_S: Final = 5.0
 _MAX_CONTROL_TEXT_CHARS: Final = 4096
 
 
-def _control_type(text: str) -> str | None:
+def _control_message(text: str) -> tuple[str | None, object]:
+    """The control message's ``type`` (None: not a control message) and the decoded JSON."""
     if len(text) > _MAX_CONTROL_TEXT_CHARS:
-        return None
+        return None, None
     try:
         message = json.loads(text)
     except json.JSONDecodeError:
-        return None
+        return None, None
     if isinstance(message, dict) and isinstance(message.get("type"), str):
-        return str(message["type"])
-    return None
+        return str(message["type"]), message
+    return None, message
+
+
+def _close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame (``MAX_CLOSE_REASON_BYTES`` of UTF-8)."""
+    return text.encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", errors="ignore")
 
 
 # --------------------------------------------------------------------------- transport
@@ -140,7 +150,13 @@ class _Connection:
         self._close_recorded = False
         #: A ``lone_surrogate`` fault fired: the next final with a transcript is spoiled.
         self._spoil_next_final = False
-        self._timed = [f for f in faults if not isinstance(f, RejectFault | DropAfterBytesFault)]
+        self._timed = [
+            f
+            for f in faults
+            if not isinstance(f, RejectFault | DropAfterBytesFault | ConfigureFault)
+        ]
+        #: How this connection answers Configure instead of applying it (None: it applies it).
+        self._configure_fault = next((f for f in faults if isinstance(f, ConfigureFault)), None)
         drops = [f for f in faults if isinstance(f, DropAfterBytesFault)]
         self._drop_after_bytes = min(drops, key=lambda f: f.after_bytes) if drops else None
 
@@ -164,12 +180,14 @@ class _Connection:
             self._last_activity = trio.current_time()
             if isinstance(message, str):
                 self._recorder.event("text", text=message)
-                kind = _control_type(message)
+                kind, decoded = _control_message(message)
                 if kind == "Finalize":
                     await self._send_all(self._tracker.flush(from_finalize=True))
                 elif kind == "CloseStream":
                     await self._close_stream()
                     return
+                elif kind == "Configure":
+                    await self._configure(decoded)
                 continue  # KeepAlive and anything else only reset the idle timer
             self._recorder.audio(message, self._tracker.received_bytes)
             if not message:  # an empty binary frame means CloseStream to Deepgram
@@ -193,6 +211,18 @@ class _Connection:
             stalled = self._stall_over is not None
             if not stalled and trio.current_time() >= self._last_activity + self._idle_timeout_s:
                 return None
+
+    async def _configure(self, message: object) -> None:
+        """Answer a ``Configure`` (Deepgram answers each with exactly one message), unless a
+        ``configure`` fault makes it refuse or ignore it."""
+        self._recorder.event("configure", message=message)
+        fault = self._configure_fault
+        if fault is None:
+            await self._send(self._tracker.configure(message))
+            return
+        self._recorder.event("fault", fault=fault.describe())
+        if fault.answer == "failure":
+            await self._send(self._tracker.configure_failure("Configure refused (injected fault)"))
 
     async def _close_stream(self) -> None:
         await self._send_all(self._tracker.flush(from_finalize=False))
@@ -242,6 +272,10 @@ class _Connection:
         self._recorder.event("fault", fault=fault.describe())
         if isinstance(fault, CloseAfterFault):
             await self._close(fault.code, fault.reason)
+        elif isinstance(fault, ErrorAfterFault):
+            error = {"type": "Error", "code": fault.error_code, "description": fault.description}
+            await self._send(error)
+            await self._close(1011, _close_reason(f"{fault.error_code}: {fault.description}"))
         elif isinstance(fault, StallFault):
             self._stall_over = trio.Event()
             self._stream.stall()

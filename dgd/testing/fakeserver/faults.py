@@ -21,8 +21,10 @@ __all__ = [
     "MAX_CLOSE_REASON_BYTES",
     "Attempts",
     "CloseAfterFault",
+    "ConfigureFault",
     "DropAfterBytesFault",
     "DropAfterFault",
+    "ErrorAfterFault",
     "Fault",
     "FaultPlan",
     "FaultPlanError",
@@ -33,6 +35,12 @@ __all__ = [
     "TimedFault",
 ]
 
+#: The ``Error`` message of ``error_after_s`` when the rule names none (the fields of Deepgram's
+#: documented example).
+DEFAULT_ERROR_CODE: Final = "INTERNAL_SERVER_ERROR"
+DEFAULT_ERROR_DESCRIPTION: Final = "An internal server error occurred while processing the request"
+#: What ``configure`` can make the server do with a ``Configure`` instead of accepting it.
+CONFIGURE_ANSWERS: Final = ("failure", "ignore")
 DEFAULT_CLOSE_FAULT_REASON: Final = (
     "NET-0000 fake server closed the stream (injected fault). See https://dpgr.am/net0000"
 )
@@ -135,6 +143,36 @@ class CloseAfterFault:
 
 
 @dataclass(frozen=True, slots=True)
+class ErrorAfterFault:
+    """``after_s`` seconds after the handshake, send an ``Error`` message with ``error_code``
+    and ``description``, then close the stream with 1011 (as Deepgram does on a fatal error)."""
+
+    after_s: float
+    error_code: str = DEFAULT_ERROR_CODE
+    description: str = DEFAULT_ERROR_DESCRIPTION
+
+    def describe(self) -> dict[str, object]:
+        """The rule's action as it appears in the plan (for the recording)."""
+        return {
+            "error_after_s": self.after_s,
+            "error_code": self.error_code,
+            "description": self.description,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureFault:
+    """Answer every ``Configure`` with ``ConfigureFailure`` (``answer == "failure"``), or not
+    at all (``"ignore"``: a server that does not know the message), instead of applying it."""
+
+    answer: str
+
+    def describe(self) -> dict[str, object]:
+        """The rule's action as it appears in the plan (for the recording)."""
+        return {"configure": self.answer}
+
+
+@dataclass(frozen=True, slots=True)
 class StallFault:
     """From ``after_s`` after the handshake: no reads, sends or pongs for ``for_s``; then resume."""
 
@@ -166,10 +204,12 @@ Fault = (
     | DropAfterBytesFault
     | DropAfterFault
     | CloseAfterFault
+    | ErrorAfterFault
     | StallFault
     | MalformedFault
+    | ConfigureFault
 )
-TimedFault = DropAfterFault | CloseAfterFault | StallFault | MalformedFault
+TimedFault = DropAfterFault | CloseAfterFault | ErrorAfterFault | StallFault | MalformedFault
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +257,14 @@ _ACTION_KEYS: Final = (
     "drop_after_bytes",
     "drop_after_s",
     "close_after_s",
+    "error_after_s",
     "stall_after_s",
     "malformed_after_s",
+    "configure",
 )
 _COMPANION_KEYS: Final = {
     "close_after_s": {"code", "reason"},
+    "error_after_s": {"error_code", "description"},
     "stall_after_s": {"stall_for_s"},
     "malformed_after_s": {"kinds"},
 }
@@ -280,11 +323,23 @@ def _parse_action(where: str, key: str, item: dict[str, Any]) -> Fault:
         if not _is_int(value) or value < 0:
             raise FaultPlanError(f"{where}: drop_after_bytes: must be an integer >= 0")
         return DropAfterBytesFault(value)
+    if key == "configure":
+        if value not in CONFIGURE_ANSWERS:
+            answers = ", ".join(map(repr, CONFIGURE_ANSWERS))
+            raise FaultPlanError(f"{where}: configure: must be one of {answers} (got {value!r})")
+        return ConfigureFault(value)
     after_s = _seconds(where, key, value)
     if key == "drop_after_s":
         return DropAfterFault(after_s)
     if key == "malformed_after_s":
         return MalformedFault(after_s, _kinds(where, item.get("kinds", list(MALFORMED_KINDS))))
+    if key == "error_after_s":
+        error_code = item.get("error_code", DEFAULT_ERROR_CODE)
+        description = item.get("description", DEFAULT_ERROR_DESCRIPTION)
+        for name, text in (("error_code", error_code), ("description", description)):
+            if not isinstance(text, str):
+                raise FaultPlanError(f"{where}: {name}: must be a string (got {text!r})")
+        return ErrorAfterFault(after_s, error_code, description)
     if key == "stall_after_s":
         if "stall_for_s" not in item:
             raise FaultPlanError(f"{where}: stall_after_s needs stall_for_s (seconds to stall)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from dgd.testing.fakeserver.faults import RejectFault
 
@@ -22,6 +22,7 @@ __all__ = [
     "Rejection",
     "StreamOptions",
     "auth_ok",
+    "auth_scheme",
     "parse_options",
 ]
 
@@ -78,15 +79,32 @@ class Rejection:
         return cls(status, err_code, err_msg or default_msg)
 
 
-def auth_ok(headers: Sequence[tuple[bytes, bytes]], api_key: str | None) -> bool:
-    """True when the headers carry ``Authorization: Token <non-empty>`` (matching ``api_key``)."""
+def auth_ok(
+    headers: Sequence[tuple[bytes, bytes]],
+    api_key: str | None,
+    bearer_ok: Callable[[str], bool] | None = None,
+) -> bool:
+    """True when the headers carry ``Authorization: Token <non-empty>`` (matching ``api_key``
+    when given), or ``Authorization: Bearer <token>`` with ``bearer_ok(token)`` true (a token
+    the grant endpoint issued and that has not expired). The scheme word is case-insensitive.
+    """
+    scheme, token = auth_scheme(headers)
+    if scheme == "token":
+        return bool(token) and (api_key is None or token == api_key)
+    if scheme == "bearer":
+        return bool(token) and bearer_ok is not None and bearer_ok(token)
+    return False
+
+
+def auth_scheme(headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str]:
+    """The first ``Authorization`` header as (scheme in lower case, credentials); ``("", "")``
+    when there is none."""
     for name, value in headers:
         if name.lower() != b"authorization":
             continue
         scheme, _, token = value.decode("latin-1").strip().partition(" ")
-        token = token.strip()
-        return scheme.lower() == "token" and bool(token) and (api_key is None or token == api_key)
-    return False
+        return scheme.lower(), token.strip()
+    return "", ""
 
 
 def parse_options(query: dict[str, list[str]]) -> StreamOptions | Rejection:

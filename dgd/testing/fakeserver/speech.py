@@ -1,7 +1,9 @@
 """The fake recogniser: audio bytes in, Deepgram message objects out.
 
 ``SpeechTracker`` produces ``Results`` (finals and interims), ``SpeechStarted``,
-``UtteranceEnd`` and ``Metadata``. It never recognises speech: a 20 ms block is voiced when
+``UtteranceEnd`` and ``Metadata``, and answers ``Configure`` (``ConfigureSuccess`` with the
+keyterms now in effect, or ``ConfigureFailure`` for a message Deepgram would refuse).
+It never recognises speech: a 20 ms block is voiced when
 its RMS is above -50 dBFS, and a transcript says how much voiced audio its span held
 (``[speech 1.42 s]``), so tests can compute every result from the bytes they sent. One
 ``SpeechTracker`` per connection; this module does no I/O.
@@ -34,6 +36,8 @@ _VOICED_DENOMINATOR: Final = 32768 * 32768
 _MAX_SPAN_S: Final = 10
 #: "Interim results roughly once per second" (Deepgram interim-results docs).
 _INTERIM_EVERY_S: Final = 1
+#: The formatting features a ``Configure`` may turn on or off (Deepgram docs "Configure").
+CONFIGURABLE_FEATURES: Final = frozenset({"numerals"})
 
 
 class SpeechTracker:
@@ -45,9 +49,16 @@ class SpeechTracker:
     interims, SpeechStarted and UtteranceEnd are produced. This class does no I/O.
     """
 
-    def __init__(self, options: StreamOptions, request_id: str) -> None:
+    def __init__(
+        self, options: StreamOptions, request_id: str, *, keyterms: tuple[str, ...] = ()
+    ) -> None:
         self.options = options
         self.request_id = request_id
+        #: The keyterms in effect: the handshake's ``keyterm`` parameters, then each accepted
+        #: ``Configure``'s.
+        self.keyterms = keyterms
+        #: Formatting features a ``Configure`` turned on or off (``CONFIGURABLE_FEATURES``).
+        self.features: dict[str, bool] = {}
         self.received_bytes = 0
         self._frame_bytes = 2 * options.channels
         self._bytes_per_s = options.rate_hz * self._frame_bytes
@@ -110,6 +121,33 @@ class SpeechTracker:
             "channels": self.options.channels if self.received_bytes else 0,
             "models": [MODEL_UUID],
             "model_info": self._metadata_model_info,
+        }
+
+    def configure(self, message: object) -> dict[str, Any]:
+        """Apply a ``Configure`` message (already JSON-decoded) the way Deepgram does; return
+        the answer: ``ConfigureSuccess`` (listing the keyterms now in effect when the message
+        replaced them), or ``ConfigureFailure`` when a field is not of the documented form
+        (``keyterms`` an array of strings or null; ``features`` an object of booleans for
+        ``CONFIGURABLE_FEATURES``). A refused message changes nothing."""
+        problem = _configure_problem(message)
+        if problem is not None:
+            return self.configure_failure(problem)
+        assert isinstance(message, dict)
+        answer: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
+        keyterms = message.get("keyterms")
+        if keyterms is not None:
+            self.keyterms = tuple(keyterms)
+            answer["keyterms"] = list(self.keyterms)
+        self.features.update(message.get("features") or {})
+        return answer
+
+    def configure_failure(self, description: str) -> dict[str, Any]:
+        """A ``ConfigureFailure`` answer saying ``description``."""
+        return {
+            "type": "ConfigureFailure",
+            "request_id": self.request_id,
+            "code": "INVALID_CONFIGURE",
+            "description": description,
         }
 
     def empty_results(self) -> dict[str, Any]:
@@ -255,6 +293,28 @@ class SpeechTracker:
                 "model_uuid": MODEL_UUID,
             },
         }
+
+
+def _configure_problem(message: object) -> str | None:
+    """Why Deepgram would refuse this ``Configure``, or None when it is acceptable."""
+    if not isinstance(message, dict):
+        return "a Configure message must be a JSON object"
+    unknown = sorted(set(message) - {"type", "keyterms", "features"})
+    if unknown:
+        return f"unknown Configure field(s): {', '.join(unknown)}"
+    keyterms = message.get("keyterms")
+    if keyterms is not None and (
+        not isinstance(keyterms, list) or not all(isinstance(t, str) for t in keyterms)
+    ):
+        return "keyterms must be an array of strings"
+    features = message.get("features")
+    if features is not None:
+        if not isinstance(features, dict):
+            return "features must be an object"
+        for name, value in features.items():
+            if name not in CONFIGURABLE_FEATURES or not isinstance(value, bool):
+                return f"features.{name} cannot be set by Configure"
+    return None
 
 
 def _is_voiced(block: memoryview) -> bool:
