@@ -10,7 +10,8 @@ set -eu
 
 usage() {
     cat <<'EOF'
-Usage: install.sh [--debian | --venv] [--no-apt] [--root DIR] [--python PATH] [REPO]
+Usage: install.sh [--debian | --venv] [--no-apt] [--root DIR] [--python PATH]
+                  [--systemd-version N] [REPO]
 
   --debian       (default) apt-get install Debian's python3-trio, python3-trio-websocket,
                  python3-alsaaudio and python3-systemd; make the venv /opt/dgd with
@@ -24,6 +25,12 @@ Usage: install.sh [--debian | --venv] [--no-apt] [--root DIR] [--python PATH] [R
   --root DIR     install under DIR instead of / (like DESTDIR; for tests and staging: the venv
                  in DIR/opt/dgd only works at that path). No systemctl call is made.
   --python PATH  the interpreter the venv is made from (default /usr/bin/python3).
+  --systemd-version N
+                 the systemd the unit is for (default: what `systemctl --version` says; with
+                 --root, say it if DIR's systemd differs from this machine's). 253 and newer get
+                 the drop-in dgd.service.d/notify-reload.conf (Type=notify-reload: `systemctl
+                 reload` waits until dgd has reloaded); older ones keep dgd.service's
+                 Type=notify with ExecReload=/bin/kill -HUP.
   REPO           the dgd source tree (default: the checkout this script is in).
 EOF
 }
@@ -37,6 +44,7 @@ mode=debian
 apt=yes
 root=
 python=/usr/bin/python3
+systemd_version=
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 while [ $# -gt 0 ]; do
@@ -48,6 +56,9 @@ while [ $# -gt 0 ]; do
         --root=*) root=${1#--root=} ;;
         --python) [ $# -ge 2 ] || die "--python needs a path"; python=$2; shift ;;
         --python=*) python=${1#--python=} ;;
+        --systemd-version) [ $# -ge 2 ] || die "--systemd-version needs a number"
+            systemd_version=$2; shift ;;
+        --systemd-version=*) systemd_version=${1#--systemd-version=} ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; die "unknown option $1" ;;
         *) repo=$1 ;;
@@ -67,10 +78,22 @@ fi
     die "$repo is not a dgd source tree (no pyproject.toml or dgd/); pass the checkout as REPO"
 [ -f "$repo/etc/dgd.toml" ] || die "the example config $repo/etc/dgd.toml is missing"
 [ -f "$repo/etc/logrotate.d/dgd" ] || die "the logrotate snippet $repo/etc/logrotate.d/dgd is missing"
+[ -f "$repo/systemd/notify-reload.conf" ] ||
+    die "the unit's drop-in $repo/systemd/notify-reload.conf is missing"
+if [ -z "$systemd_version" ]; then
+    # "systemd 257 (257.13-1~deb13u1)" -> 257. Unknown (no systemctl) counts as old: the unit
+    # without the drop-in works on every systemd, only `systemctl reload` returns early.
+    systemd_version=$(systemctl --version 2>/dev/null | sed -n '1s/^systemd \([0-9][0-9]*\).*/\1/p')
+    systemd_version=${systemd_version:-0}
+fi
+case $systemd_version in
+    '' | *[!0-9]*) die "--systemd-version must be a number like 257, not '$systemd_version'" ;;
+esac
 [ -x "$python" ] || die "no Python interpreter at $python; install python3 or pass --python PATH"
 
 venv=$root/opt/dgd
 unit=$root/etc/systemd/system/dgd.service
+dropin=$root/etc/systemd/system/dgd.service.d/notify-reload.conf
 config=$root/etc/dgd.toml
 keydir=$root/etc/dgd
 key=$keydir/api-key
@@ -133,6 +156,19 @@ fi
 # The unit is ours and always replaced; local changes belong in `systemctl edit dgd`.
 install -d -m 0755 "$root/etc/systemd/system"
 install -m 0644 "$repo/systemd/dgd.service" "$unit"
+# Type=notify-reload exists since systemd 253; 252 would ignore the drop-in's Type= with a
+# warning but honour its empty ExecReload=, leaving no way to reload at all. Ours like the unit:
+# replaced, or removed where it does not belong (other files in dgd.service.d are the admin's).
+if [ "$systemd_version" -ge 253 ]; then
+    install -d -m 0755 "$(dirname "$dropin")"
+    install -m 0644 "$repo/systemd/notify-reload.conf" "$dropin"
+    echo "systemd $systemd_version: Type=notify-reload (systemctl reload waits for dgd)"
+else
+    rm -f "$dropin"
+    rmdir "$(dirname "$dropin")" 2>/dev/null || true
+    echo "systemd $systemd_version: Type=notify, reload by ExecReload=/bin/kill -HUP" \
+        "(Type=notify-reload needs systemd 253)"
+fi
 
 if [ -e "$config" ]; then
     echo "kept existing /etc/dgd.toml"

@@ -86,14 +86,14 @@ class Installed:
 def installed(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """Install twice into one root; the operator edits the key and the config in between."""
     root = tmp_path_factory.mktemp("root")
-    first = run_install(source, root)
+    first = run_install(source, root, "--systemd-version", "252")
     assert first.returncode == 0, first.stdout + first.stderr
     first_key = (root / "etc" / "dgd" / "api-key").read_bytes()
     (root / "etc" / "dgd" / "api-key").write_text("operator-key\n")
     (root / "etc" / "dgd" / "api-key").chmod(0o644)  # a careless edit; the rerun tightens it
     with (root / "etc" / "dgd.toml").open("a") as config:
         config.write("# edited by the operator\n")
-    second = run_install(source, root)
+    second = run_install(source, root, "--systemd-version", "252")
     assert second.returncode == 0, second.stdout + second.stderr
     return Installed(root, (first, second), first_key)
 
@@ -121,6 +121,44 @@ def test_unit_is_the_shipped_one(installed: Installed) -> None:
     root = installed.root
     shipped = (REPO / "systemd" / "dgd.service").read_bytes()
     assert (root / "etc" / "systemd" / "system" / "dgd.service").read_bytes() == shipped
+
+
+DROP_IN: Final = Path("etc/systemd/system/dgd.service.d/notify-reload.conf")
+
+
+def test_no_drop_in_for_systemd_252(installed: Installed) -> None:
+    # 252 cannot parse Type=notify-reload but would honour the drop-in's empty ExecReload=.
+    assert not (installed.root / DROP_IN).exists()
+    assert not (installed.root / DROP_IN).parent.exists()
+    assert (
+        "systemd 252: Type=notify, reload by ExecReload=/bin/kill -HUP" in installed.runs[0].stdout
+    )
+
+
+def test_drop_in_follows_the_systemd_version(source: Path, tmp_path: Path) -> None:
+    """253+ gets the drop-in; installing again for an older systemd removes it, and only it."""
+    root = tmp_path / "root"
+    new = run_install(source, root, "--systemd-version", "257")
+    assert new.returncode == 0, new.stdout + new.stderr
+    assert "systemd 257: Type=notify-reload" in new.stdout
+    shipped = (REPO / "systemd" / "notify-reload.conf").read_bytes()
+    assert (root / DROP_IN).read_bytes() == shipped
+    assert oct(mode(root / DROP_IN)) == oct(0o644)
+    admins = root / DROP_IN.parent / "override.conf"  # what `systemctl edit dgd` writes
+    admins.write_text("[Service]\nWatchdogSec=60s\n")
+
+    old = run_install(source, root, "--systemd-version", "252")
+    assert old.returncode == 0, old.stdout + old.stderr
+    assert not (root / DROP_IN).exists()
+    assert admins.read_text() == "[Service]\nWatchdogSec=60s\n"
+
+
+@pytest.mark.parametrize("value", ["257.13", "abc", "-1"])
+def test_rejects_a_systemd_version_that_is_not_a_number(tmp_path: Path, value: str) -> None:
+    result = run_install(REPO, tmp_path, "--systemd-version", value)
+    assert result.returncode == 1
+    assert f"--systemd-version must be a number like 257, not '{value}'" in result.stderr
+    assert not (tmp_path / "opt").exists()
 
 
 def test_first_run_creates_config_and_empty_key(installed: Installed) -> None:

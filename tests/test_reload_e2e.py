@@ -49,8 +49,11 @@ def reload_and_wait(rig: FaultRig, nth: int) -> list[str]:
     deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline:
         sent = rig.notify.assignments()[before:]
-        if "READY=1" in sent:
-            return sent
+        # A STATUS= sent between the snapshot and the signal is not part of this reload.
+        if "RELOADING=1" in sent:
+            sent = sent[sent.index("RELOADING=1") :]
+            if "READY=1" in sent:
+                return sent
         time.sleep(0.05)
     raise AssertionError(f"no READY=1 after SIGHUP #{nth}\n{rig.diagnostics()}")
 

@@ -117,6 +117,61 @@ def test_stopping(notifier: Notifier, receiver: Receiver) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("needs_s", "expected_usec"),
+    [
+        (20.5, b"20500000"),  # close_timeout_s 15 + the release and exit margin
+        (0.1, b"100000"),  # float 0.1 * 10**6 is 100000.00000000001: rounded, not truncated
+        (0.0000004, b"1"),  # never 0, which systemd reads as "the time is up now"
+        (3600, b"3600000000"),
+    ],
+)
+def test_stopping_extends_the_stop_timeout(
+    notifier: Notifier, receiver: Receiver, needs_s: float, expected_usec: bytes
+) -> None:
+    notifier.stopping("stopping: sending the last audio", needs_s=needs_s)
+    assert receiver.recv() == (
+        b"STOPPING=1\nSTATUS=stopping: sending the last audio\nEXTEND_TIMEOUT_USEC=" + expected_usec
+    )
+
+
+def test_extend_timeout(notifier: Notifier, receiver: Receiver) -> None:
+    notifier.extend_timeout(7.25)
+    notifier.watchdog()
+    assert [receiver.recv(), receiver.recv()] == [b"EXTEND_TIMEOUT_USEC=7250000", b"WATCHDOG=1"]
+
+
+@pytest.mark.parametrize("needs_s", [0.0, -1.0])
+def test_extend_timeout_refuses_a_time_that_is_not_positive(
+    notifier: Notifier, receiver: Receiver, needs_s: float
+) -> None:
+    # A time that is up already is a caller's bug, not a request to send.
+    with pytest.raises(ValueError, match="positive"):
+        notifier.extend_timeout(needs_s)
+    receiver.assert_empty()
+
+
+def test_refused_reload_ends_the_cycle_with_ready_and_the_reason(
+    notifier: Notifier, receiver: Receiver
+) -> None:
+    refused = "reload refused: gate.mode: must be one of auto, fixed, shadow"
+    notifier.ready("streaming")
+    notifier.reloading()
+    notifier.reload_refused("streaming", refused)
+    notifier.status("streaming")  # unchanged: not sent again
+    notifier.status("gated: silence")  # the reason stays until a reload succeeds
+    notifier.reloading()
+    notifier.ready("gated: silence")
+    notifier.status("streaming")
+    assert receiver.recv() == b"READY=1\nSTATUS=streaming"
+    assert receiver.recv().startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+    assert receiver.recv() == f"READY=1\nSTATUS=streaming; {refused}".encode()
+    assert receiver.recv() == f"STATUS=gated: silence; {refused}".encode()
+    assert receiver.recv().startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+    assert receiver.recv() == b"READY=1\nSTATUS=gated: silence"
+    assert receiver.recv() == b"STATUS=streaming"
+
+
 def test_reloading_carries_monotonic_usec(notifier: Notifier, receiver: Receiver) -> None:
     before_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     notifier.reloading()

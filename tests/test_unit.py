@@ -213,6 +213,62 @@ def test_unit_has_one_comment_per_option(unit_text: str) -> None:
             assert lines[number - 1].startswith("#"), f"line {number + 1} has no comment: {line}"
 
 
+# ---- the notify-reload drop-in (systemd >= 253) ----------------------------------------------
+
+DROP_IN_PATH: Final = REPO / "systemd" / "notify-reload.conf"
+#: The first systemd with Type=notify-reload and ReloadSignal=.
+NOTIFY_RELOAD_SINCE: Final = 253
+
+
+def analyze_version() -> int:
+    """The major version of this machine's systemd-analyze ("systemd 252 (252.39-1~deb12u2)")."""
+    result = subprocess.run(
+        [str(ANALYZE), "--version"], capture_output=True, text=True, timeout=60, check=True
+    )
+    match = re.match(r"systemd (\d+)", result.stdout)
+    assert match is not None, result.stdout
+    return int(match.group(1))
+
+
+def test_drop_in_switches_to_notify_reload() -> None:
+    text = DROP_IN_PATH.read_text()
+    assert parse_unit(text) == {
+        "Service": {"Type": ["notify-reload"], "ReloadSignal": ["SIGHUP"], "ExecReload": [""]}
+    }
+    test_unit_has_one_comment_per_option(text)
+
+
+def test_the_unit_itself_stays_portable(unit: Unit) -> None:
+    # systemd 252 (Debian 12) warns on Type=notify-reload and ReloadSignal=: the main unit must
+    # work on every systemd, and the drop-in alone carries what needs 253.
+    assert unit["Service"]["Type"] == ["notify"]
+    assert "ReloadSignal" not in unit["Service"]
+
+
+def test_verify_with_the_drop_in(tmp_path: Path, unit_text: str) -> None:
+    """Silent where systemd has notify-reload; on older systemd (this Debian 12 host) verify
+    names exactly why install.sh must not install the drop-in there."""
+    path = write_testable_copy(tmp_path, unit_text)
+    (tmp_path / "dgd.service.d").mkdir()
+    shutil.copy(DROP_IN_PATH, tmp_path / "dgd.service.d" / "notify-reload.conf")
+    result = analyze("verify", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if analyze_version() >= NOTIFY_RELOAD_SINCE:
+        assert (result.stderr, result.stdout) == ("", "")
+    else:
+        assert "Failed to parse service type, ignoring: notify-reload" in result.stderr
+        assert "Unknown key 'ReloadSignal'" in result.stderr
+
+
+def test_verify_reads_the_drop_in(tmp_path: Path, unit_text: str) -> None:
+    # Proves test_verify_with_the_drop_in can fail: verify reads dgd.service.d/ beside the unit.
+    path = write_testable_copy(tmp_path, unit_text)
+    (tmp_path / "dgd.service.d").mkdir()
+    (tmp_path / "dgd.service.d" / "notify-reload.conf").write_text("[Service]\nReloadSignl=1\n")
+    result = analyze("verify", str(path), cwd=tmp_path)
+    assert "Unknown key 'ReloadSignl'" in result.stderr
+
+
 # Runs in a child so that the prctl stays there. PR_SET_MDWE (Linux >= 6.3) is the kernel's
 # own form of MemoryDenyWriteExecute=yes: no mapping may be writable and executable at once.
 MDWE_PROBE: Final = textwrap.dedent(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -55,6 +55,12 @@ if TYPE_CHECKING:
     from dgd.daemon.sinks import TranscriptSinks
 
 log = logging.getLogger("dgd.app")
+
+
+#: What a stop needs beyond the drain (``stream.close_timeout_s``): the device's release,
+#: cancelling the tasks, the last journal records and the interpreter's exit. The shipped
+#: unit's TimeoutStopSec= leaves the same room above the largest close_timeout_s.
+STOP_EXIT_MARGIN_S: Final = 5.0
 
 
 class Daemon:
@@ -196,7 +202,11 @@ class Daemon:
 
     async def _shutdown(self, why: str) -> None:
         close_timeout_s = self.config.stream.close_timeout_s
-        self.notifier.stopping("stopping: sending the last audio")
+        # EXTEND_TIMEOUT_USEC: systemd waits as long as this stop may legitimately take, even
+        # where a drop-in made TimeoutStopSec= shorter than the drain.
+        self.notifier.stopping(
+            "stopping: sending the last audio", needs_s=close_timeout_s + STOP_EXIT_MARGIN_S
+        )
         event("stopping", "stopping on %s: finishing within %.1f s", why, close_timeout_s)
         self.stopping.set()
         deadline = trio.current_time() + close_timeout_s

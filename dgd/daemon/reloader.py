@@ -70,13 +70,20 @@ class Reloader:
         try:
             new_config, new_key = self._read_config()
         except ConfigError as exc:
+            problems = refuse(str(exc)).refused or ("the configuration is invalid",)
             event(
                 "reload_failed",
                 "reload refused, the running configuration stays in force:\n%s",
-                "\n".join(refuse(str(exc)).refused),
+                "\n".join(problems),
                 level=logging.ERROR,
             )
-            d.notifier.ready(d.status.render())
+            # systemd 257 cannot fail the reload job (sdnotify's docstring): STATUS= says it,
+            # on one line, until a reload succeeds; the journal has every problem.
+            more = f" (and {len(problems) - 1} more: journalctl -u dgd)" if problems[1:] else ""
+            d.notifier.reload_refused(
+                d.status.render(),
+                f"reload refused, the previous configuration stays: {problems[0]}{more}",
+            )
             return
         old = d.config
         plan = plan_reload(old, new_config, key_changed=new_key.value != d.api_key.value)

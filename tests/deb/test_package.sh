@@ -10,7 +10,7 @@
 # Checks, one line each (PASS or FAIL with the reason): apt installs dgd alone and offline;
 # `dgd --version`; `dgd check-config -c /etc/dgd.toml` (no key: exit 78 naming it; with a key
 # and --no-device: exit 0); the unit in /usr/lib/systemd/system (ExecStart, the API-key
-# condition, `systemd-analyze verify` silent, `security` <= 2.0, enabled); /etc/dgd.toml is a
+# condition, the notify-reload drop-in, `systemd-analyze verify` silent, `security` <= 2.0, enabled); /etc/dgd.toml is a
 # conffile; the postinst note; a reinstall keeps a changed config and the key; remove keeps
 # config, key and state; purge removes them (but not files of the admin's own in /etc/dgd).
 # No systemd runs in a chroot, so nothing is started: tests/system/ boots the package under
@@ -114,6 +114,11 @@ check "ExecStart=/usr/bin/dgd run --config /etc/dgd.toml, nothing of /opt/dgd" \
    ! grep -q "/opt/dgd" "$unit"' "$(grep -n 'ExecStart\|/opt' "$unit" || true)"
 check "ConditionPathExists=/etc/dgd/api-key (no start, no restart loop, before the key)" \
   'grep -qx "ConditionPathExists=/etc/dgd/api-key" "$unit"'
+dropin=$root/usr/lib/systemd/system/dgd.service.d/notify-reload.conf
+check "the drop-in dgd.service.d/notify-reload.conf: Type=notify-reload, no ExecReload kill" \
+  'cmp -s "$repo/systemd/notify-reload.conf" "$dropin" && grep -qx "Type=notify-reload" "$dropin" &&
+   grep -qx "ExecReload=" "$dropin"' "$(ls -l "$dropin" 2>&1)"
+# verify reads dgd.service.d/ beside the unit: systemd 257 must accept the drop-in too.
 run_in "systemd-analyze verify /usr/lib/systemd/system/dgd.service"
 check "systemd-analyze verify is silent" '[ "$rc" -eq 0 ] && [ -z "$out" ]' "rc=$rc: $out"
 run_in "systemd-analyze security --offline=true --threshold=20 /usr/lib/systemd/system/dgd.service"

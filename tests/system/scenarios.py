@@ -1006,9 +1006,13 @@ def scenario_8(ctx: Context) -> str:
     first, second = ctx.fixtures.single[0], ctx.fixtures.single[1]
     step_s = -3600.0
     played = []
+    playbacks = []
+    # The same fixtures were played by earlier scenarios: look for them only after this point.
+    received_before = {c.attempt: len(c.raw) for c in ctx.server.connections(0.0)}
     playback = play(first)
     playback.wait()
     played.append((playback.t0, playback.t0 + first.duration()))
+    playbacks.append(playback)
     if len(wait_transcripts(cursor, 1, 10)) != 1:
         raise ScenarioFailed("no transcript for the utterance before the step")
     run(["date", "-s", f"@{time.time() + step_s:.3f}"])
@@ -1016,6 +1020,7 @@ def scenario_8(ctx: Context) -> str:
         playback = play(second)
         playback.wait()
         played.append((playback.t0, playback.t0 + second.duration()))
+        playbacks.append(playback)
         wait_transcripts(cursor, 2, 10)
         time.sleep(3.0)  # a duplicate would come within this
         entries = unit_entries(cursor)
@@ -1035,11 +1040,196 @@ def scenario_8(ctx: Context) -> str:
             )
     if len(steps) != 1 or abs(steps[0] - step_s) > 5.0:
         problems.append(f"clock_step events with DGD_STEP_S {steps}, expected one near {step_s}")
+    errors, off = step_label_errors(ctx, playbacks, transcripts, received_before)
+    problems += off
     if problems:
         raise ScenarioFailed("; ".join(problems))
     return (
-        f"2 transcripts for 2 utterances across a {step_s:+.0f} s step, each within its "
-        f"playback on the wall clock of its time; one clock_step event ({steps[0]:+.1f} s)"
+        f"2 transcripts for 2 utterances across a {step_s:+.0f} s step, DGD_START/DGD_END "
+        f"each within {max(map(abs, errors)):.3f} s of when its audio was played, on the wall "
+        f"clock of that moment ({' '.join(f'{e:+.3f}' for e in errors)}); one clock_step "
+        f"event ({steps[0]:+.1f} s)"
+    )
+
+
+def step_label_errors(
+    ctx: Context,
+    playbacks: list[Playback],
+    transcripts: list[Entry],
+    received_before: dict[int, int],
+) -> tuple[list[float], list[str]]:
+    """Scenario 8's times, as scenario 1 checks them (``check_times``), per utterance: each
+    transcript's DGD_START/DGD_END against when the audio of its final was played, on the
+    wall clock of that moment (the player reads it at its first write, after the step for
+    the second one). The utterance is located in what the server received after
+    ``received_before`` (bytes per connection), since earlier scenarios played it too."""
+    errors: list[float] = []
+    problems: list[str] = []
+    conns = ctx.server.connections(0.0)
+    for number, (playback, entry) in enumerate(zip(playbacks, transcripts, strict=False), 1):
+        core = playback.fixture.core(0)
+        hit = None
+        for conn in conns:
+            at = find_aligned(conn.raw, core, received_before.get(conn.attempt, 0))
+            if at >= 0:
+                hit = Located(0, conn, at, playback.fixture.utterances[0].start)
+                break
+        if hit is None:
+            problems.append(f"utterance {number} not received byte-exact after the step")
+            continue
+        final = next(
+            (
+                f
+                for f in hit.connection.finals
+                if f.start_s * BYTES_PER_S <= hit.received_at < f.end_s * BYTES_PER_S
+            ),
+            None,
+        )
+        if final is None:
+            problems.append(f"utterance {number}: no final of the server covers it")
+            continue
+        for name, conn_s in (("DGD_START", final.start_s), ("DGD_END", final.end_s)):
+            error = parse_time(str(entry[name])) - expected_wall(playback, hit, conn_s)
+            errors.append(error)
+            if abs(error) > TIME_TOLERANCE_S:
+                problems.append(
+                    f"utterance {number}: {name} is {error:+.3f} s off the time it was played "
+                    f"on the wall clock of that moment (tolerance {TIME_TOLERANCE_S} s)"
+                )
+    return errors, problems
+
+
+def sent_at(entry: Entry) -> float:
+    """When dgd sent the record (journald's socket timestamp), else when journald stored it."""
+    return int(str(entry.get("_SOURCE_REALTIME_TIMESTAMP", entry["__REALTIME_TIMESTAMP"]))) / 1e6
+
+
+def timed_reload() -> tuple[int, str, float]:
+    """``systemctl reload dgd`` with PID 1 at log-level debug (its ``Changed A -> B`` state
+    lines show which reload protocol ran): exit code, stderr and when it returned (epoch s)."""
+    run(["systemctl", "log-level", "debug"])
+    try:
+        done = subprocess.run(
+            ["systemctl", "reload", "dgd.service"], capture_output=True, text=True, timeout=150
+        )
+        returned = time.time()
+    finally:
+        run(["systemctl", "log-level", "info"])
+    return done.returncode, done.stderr.strip(), returned
+
+
+def waited_for_ready(entries: list[Entry], logged: Entry | None) -> str | None:
+    """None if PID 1 ran the notify-reload protocol for this reload: it sent the signal itself
+    (``running -> reload-signal``) and ended the reload on dgd's READY=1 (``reload-notify ->
+    running``) after dgd logged ``logged``; else what happened instead. (With ExecReload=kill,
+    systemd 257 also waits in reload-notify when RELOADING=1 arrives before kill exits: only
+    ``reload-signal`` is proof of the drop-in.)"""
+    states = [
+        (realtime(e), str(e.get("MESSAGE", "")).rsplit("Changed ", 1)[-1])
+        for e in entries
+        if from_pid1(e) and re.search(r"\bChanged \S+ -> \S+$", str(e.get("MESSAGE", "")))
+    ]
+    names = [change for _, change in states]
+    done = [t for t, change in states if change == "reload-notify -> running"]
+    if "running -> reload-signal" not in names or not done:
+        return f"PID 1 did not run the notify-reload protocol: its state changes were {names}"
+    if logged is not None and sent_at(logged) > done[0]:
+        return f"dgd logged `{logged.get('DGD_EVENT')}` after PID 1 counted the reload done"
+    return None
+
+
+def scenario_9(ctx: Context) -> str:
+    """Type=notify-reload (the package's drop-in, systemd 257): `systemctl reload` returns
+    only after dgd reloaded; a refused reload keeps dgd running with the old config and says
+    why in STATUS= (systemd 257 cannot fail a reload job: the exit code is 0)."""
+    if unit_show("ActiveState").get("ActiveState") != "active":
+        start_dgd()
+    unit = unit_show("Type", "ExecReload", "MainPID", "DropInPaths")
+    problems = []
+    if unit.get("Type") != "notify-reload" or unit.get("ExecReload"):
+        problems.append(
+            f"Type={unit.get('Type')!r} ExecReload={unit.get('ExecReload')!r} "
+            f"(drop-ins: {unit.get('DropInPaths')!r}), expected notify-reload and no ExecReload"
+        )
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "dgd.service"], capture_output=True, text=True, timeout=60
+    )
+    if verify.returncode != 0 or verify.stderr.strip() or verify.stdout.strip():
+        problems.append(f"systemd-analyze verify: rc={verify.returncode} {verify.stderr.strip()!r}")
+    pid = unit.get("MainPID")
+
+    # 1. A changed valid config: `reloaded` is in the journal before systemctl returns.
+    cursor = journal_cursor()
+    reloaded_hangover_ms = HANGOVER_MS + 100  # differs from every value the others write
+    write_config(hangover_ms=reloaded_hangover_ms)
+    rc, err, returned = timed_reload()
+    state = unit_show("ActiveState", "SubState", "StatusText")
+    entries = unit_entries(cursor)
+    reloaded = events(entries, "reloaded")
+    protocol = waited_for_ready(entries, reloaded[0] if reloaded else None)
+    if protocol is not None:
+        problems.append(f"valid config: {protocol}")
+    if rc != 0:
+        problems.append(f"systemctl reload (valid config) exited {rc}: {err}")
+    if not reloaded:
+        problems.append("no `reloaded` event by the time systemctl reload returned")
+    elif sent_at(reloaded[0]) > returned:
+        problems.append(
+            f"`reloaded` was logged {sent_at(reloaded[0]) - returned:.3f} s after systemctl "
+            "reload returned: it did not wait for dgd"
+        )
+    elif "gate" not in str(reloaded[0].get("DGD_CHANGED", "")):
+        problems.append(f"reloaded, but DGD_CHANGED={reloaded[0].get('DGD_CHANGED')!r}")
+    if (state.get("ActiveState"), state.get("SubState")) != ("active", "running"):
+        problems.append(f"right after the reload returned the unit is {state}")
+    lead_s = returned - sent_at(reloaded[0]) if reloaded else float("nan")
+
+    # 2. An invalid config: refused, dgd runs on with the old one, STATUS= says why.
+    cursor = journal_cursor()
+    text = CONFIG.read_text()
+    line = f"hangover_ms = {reloaded_hangover_ms}\n"
+    if line not in text:
+        raise ScenarioFailed(f"no {line.strip()!r} in {CONFIG}: {'; '.join(problems)}")
+    CONFIG.write_text(text.replace(line, "hangover_ms = -5\n"))
+    rc_bad, err_bad, returned = timed_reload()
+    state = unit_show("ActiveState", "SubState", "StatusText", "MainPID")
+    entries = unit_entries(cursor)
+    refused = events(entries, "reload_failed")
+    protocol = waited_for_ready(entries, refused[0] if refused else None)
+    if protocol is not None:
+        problems.append(f"invalid config: {protocol}")
+    status = state.get("StatusText", "")
+    if rc_bad != 0:
+        problems.append(f"systemctl reload (invalid config) exited {rc_bad}, not 0: {err_bad}")
+    if not refused or sent_at(refused[0]) > returned:
+        problems.append("no `reload_failed` event before systemctl reload returned")
+    if "; reload refused" not in status or "hangover_ms" not in status:
+        problems.append(f"StatusText after the refused reload: {status!r}")
+    if (state.get("ActiveState"), state.get("SubState"), state.get("MainPID")) != (
+        "active",
+        "running",
+        pid,
+    ):
+        problems.append(f"after the refused reload: {state} (MainPID was {pid})")
+
+    # 3. The same valid file again: nothing changed, so the refused file never took effect.
+    cursor = journal_cursor()
+    CONFIG.write_text(text)
+    rc, err, _ = timed_reload()
+    again = events(unit_entries(cursor), "reloaded")
+    if rc != 0 or not again or again[0].get("DGD_CHANGED", "") != "":
+        changed = again[0].get("DGD_CHANGED") if again else None
+        problems.append(f"reload of the old file again: rc={rc} {err} DGD_CHANGED={changed!r}")
+    write_config()  # the others' default
+    timed_reload()
+    if problems:
+        raise ScenarioFailed("; ".join(problems))
+    return (
+        f"Type=notify-reload, verify silent; valid config → `reloaded` (changed "
+        f"{reloaded[0].get('DGD_CHANGED')}) {lead_s:.3f} s before systemctl reload returned "
+        f"(exit 0), PID 1 reload-notify → running on READY=1; invalid → exit {rc_bad}, "
+        f"`reload_failed`, StatusText {status!r}, same "
+        f"MainPID {pid}; the old file again → nothing changed"
     )
 
 
@@ -1052,8 +1242,9 @@ SCENARIOS: Final[dict[str, tuple[str, Callable[[Context], str]]]] = {
     "6": ("every-record-has-DGD_EVENT", scenario_6),
     "7": ("security-exposure", scenario_7),
     "8": ("wall-clock-steps", scenario_8),
+    "9": ("notify-reload", scenario_9),
 }
-PHASES: Final = {"1": ("1", "2", "3", "8", "7", "4"), "2": ("5", "6")}
+PHASES: Final = {"1": ("1", "2", "3", "8", "9", "7", "4"), "2": ("5", "6")}
 
 
 def run_scenario(ctx: Context, number: str) -> None:
