@@ -44,6 +44,8 @@ class MemoryMic:
 
     present: bool = True
     stalled: bool = False
+    #: Opens, but in another format than the configuration's (``DeviceProblem.FORMAT``).
+    wrong_format: bool = False
     openings: list[str] = field(default_factory=list)  # device names, one per opening
     formats: list[PcmFormat] = field(default_factory=list)
     _queued: bytearray = field(default_factory=bytearray)
@@ -85,6 +87,8 @@ class MemorySource:
         try:
             if not mic.present:
                 raise DeviceError(self.device, DeviceProblem.MISSING, "No such device")
+            if mic.wrong_format:
+                raise DeviceError(self.device, DeviceProblem.FORMAT, "it delivers S32_LE")
             mic.openings.append(self.device)
             mic.formats.append(fmt)
             beat.opened_at = trio.current_time()

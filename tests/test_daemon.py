@@ -215,6 +215,27 @@ async def test_a_lost_device_is_waited_for_with_the_watchdog_fed_and_reopened(
     )
 
 
+async def test_a_device_in_another_format_is_tried_again_at_once_on_reload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The operator replaces the microphone (or fixes its mixer) without touching the config:
+    # `systemctl reload dgd` must not leave it waiting out the 60 s misconfigured retry.
+    rig = make_rig()
+    rig.mic.wrong_format = True
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rig.daemon.run)
+        await trio.sleep(5.0)
+        assert rig.mic.openings == []
+        rig.mic.wrong_format = False
+        await trio.sleep(5.0)
+        assert rig.mic.openings == []  # nothing tries it before the 60 s retry ...
+        rig.daemon.request_reload()  # ... but a reload does, at once
+        await trio.sleep(0.5)
+        opened = list(rig.mic.openings)
+        nursery.cancel_scope.cancel()
+    assert opened == [CONFIG.audio.device]
+
+
 #: Audio captured in the rate-change test: from start-up to the end, but for the reopen.
 CAPTURED_S = 1.0 + 0.3 + 0.5 + 1.0 + 5.0
 

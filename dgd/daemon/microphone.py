@@ -161,9 +161,14 @@ class Microphone:
                 before_resuming(pipeline.fmt)
         self._status.device_ok = False
         self._status.device = f'opening audio device "{self.device}"'
-        if self._backoff is not None:
-            self._backoff.cancel()  # the new configuration may fit the device: try it now
+        self.retry_now()  # the new configuration may fit the device: try it now
         self._resume.set()
+
+    def retry_now(self) -> None:
+        """Cut a wait before the next opening short (a reload: whoever reloads may have fixed
+        the device, e.g. replaced a microphone that delivered another format)."""
+        if self._backoff is not None:
+            self._backoff.cancel()
 
     async def _stop_source(self) -> None:
         if self._source is not None:

@@ -98,6 +98,8 @@ class Reloader:
             self._reconnect_gracefully()
         if d.supervisor.last_failure is not None:
             d.supervisor.retry_now()  # a fixed key or URL is tried at once
+        if not plan.reopen_capture:
+            d.mic.retry_now()  # a device that was waited for (perhaps fixed) is tried at once
         event(
             "reloaded",
             "configuration reloaded (%s changed)",

@@ -4,8 +4,8 @@
 ``tests/system/run`` boots the VM twice from one disk image; ``dgd-systest.service`` runs
 this file on each boot, as root, after ``multi-user.target``:
 
-* phase 1 (first boot): scenarios 1, 2, 3, 7 and 4 in that order against the installed dgd
-  unit, then ``systemctl enable dgd`` and a reboot;
+* phase 1 (first boot): scenarios 1, 2, 3, 8, 9, 10, 7 and 4 in that order against the
+  installed dgd unit, then ``systemctl enable dgd`` and a reboot;
 * phase 2 (second boot): scenario 5 (the service came back by itself and waits for the
   network and the microphone) and scenario 6 (every record of the unit, across both boots,
   carries ``DGD_EVENT``).
@@ -1099,6 +1099,80 @@ def step_label_errors(
     return errors, problems
 
 
+def scenario_10(ctx: Context) -> str:
+    """A microphone that delivers another format than the configuration declares. The
+    loopback's capture side offers only what its playback side runs at: S32_LE, 48 kHz,
+    stereo here (like an I2S MEMS microphone that only does S32_LE). check-config refuses it,
+    naming what it delivers and the plughw: name that converts; `dgd devices` shows what it
+    offers; the running dgd refuses it (device_format, STATUS) and never opens it for capture;
+    once the device can deliver S16_LE 16 kHz mono again, `systemctl reload dgd` (same file)
+    opens it at once instead of after the 60 s misconfigured retry."""
+    import alsaaudio  # python3-alsaaudio, as the player
+
+    stop_dgd()
+    write_config()
+    cursor = journal_cursor()
+    delivered = "it delivers S32_LE, 48000 Hz, 2 channel(s)"
+    problems: list[str] = []
+    player = alsaaudio.PCM(
+        type=alsaaudio.PCM_PLAYBACK,
+        mode=alsaaudio.PCM_NORMAL,
+        device=PLAY_DEVICE,
+        rate=48000,
+        channels=2,
+        format=alsaaudio.PCM_FORMAT_S32_LE,
+        periodsize=960,
+        periods=4,
+    )
+    try:
+        player.write(bytes(960 * 8))  # running: its parameters now bind the capture side
+        checked = subprocess.run(
+            [dgd_binary(), "check-config", "--require-device", "-c", str(CONFIG)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if checked.returncode != 78 or delivered not in checked.stderr:
+            problems.append(
+                f"check-config: exit {checked.returncode} (expected 78 naming "
+                f"{delivered!r}); stderr: {checked.stderr.strip()[-400:]!r}"
+            )
+        if '"plughw:CARD=Loopback,DEV=1"' not in checked.stderr:
+            problems.append("check-config does not suggest plughw:CARD=Loopback,DEV=1")
+        offers = run([dgd_binary(), "devices", "--json"], check=False)
+        if '"S32_LE"' not in offers:
+            problems.append(f"`dgd devices --json` does not show S32_LE: {offers[-400:]!r}")
+        start_dgd()
+        refused = wait_event(cursor, "device_format", 10)
+        if refused is None:
+            problems.append("dgd logged no device_format event within 10 s")
+        elif delivered not in str(refused.get("MESSAGE", "")):
+            problems.append(f"device_format does not say {delivered!r}: {refused.get('MESSAGE')}")
+        status = status_text()
+        if "does not deliver the configured format" not in status:
+            problems.append(f"STATUS= {status!r} does not say the format is wrong")
+        if events(unit_entries(cursor), "device_opened"):
+            problems.append("dgd opened the device for capture in the wrong format")
+    finally:
+        player.close()
+    time.sleep(0.5)
+    reloaded = journal_cursor()
+    asked = time.time()
+    run(["systemctl", "reload", "dgd.service"], timeout=150)
+    opened = wait_event(reloaded, "device_opened", 10)
+    if opened is None:
+        problems.append(
+            "no device_opened within 10 s of `systemctl reload dgd` once the device could "
+            "deliver the configured format (the misconfigured retry alone waits 60 s)"
+        )
+    if problems or opened is None:
+        raise ScenarioFailed("; ".join(problems))
+    return (
+        f"check-config exit 78 ({delivered}, suggests plughw:); `dgd devices` shows S32_LE; "
+        f"dgd refused the device (device_format, STATUS says so) and never opened it; opened "
+        f"{realtime(opened) - asked:.1f} s after the reload once it could deliver S16_LE "
+        "16 kHz mono"
+    )
+
+
 def sent_at(entry: Entry) -> float:
     """When dgd sent the record (journald's socket timestamp), else when journald stored it."""
     return int(str(entry.get("_SOURCE_REALTIME_TIMESTAMP", entry["__REALTIME_TIMESTAMP"]))) / 1e6
@@ -1243,8 +1317,9 @@ SCENARIOS: Final[dict[str, tuple[str, Callable[[Context], str]]]] = {
     "7": ("security-exposure", scenario_7),
     "8": ("wall-clock-steps", scenario_8),
     "9": ("notify-reload", scenario_9),
+    "10": ("device-format", scenario_10),
 }
-PHASES: Final = {"1": ("1", "2", "3", "8", "9", "7", "4"), "2": ("5", "6")}
+PHASES: Final = {"1": ("1", "2", "3", "8", "9", "10", "7", "4"), "2": ("5", "6")}
 
 
 def run_scenario(ctx: Context, number: str) -> None:
