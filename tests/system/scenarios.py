@@ -4,7 +4,7 @@
 ``tests/system/run`` boots the VM twice from one disk image; ``dgd-systest.service`` runs
 this file on each boot, as root, after ``multi-user.target``:
 
-* phase 1 (first boot): scenarios 1, 2, 3, 8, 9, 10, 7 and 4 in that order against the
+* phase 1 (first boot): scenarios 1, 11, 2, 3, 8, 9, 10, 7 and 4 in that order against the
   installed dgd unit, then ``systemctl enable dgd`` and a reboot;
 * phase 2 (second boot): scenario 5 (the service came back by itself and waits for the
   network and the microphone) and scenario 6 (every record of the unit, across both boots,
@@ -1173,6 +1173,59 @@ def scenario_10(ctx: Context) -> str:
     )
 
 
+#: Scenario 11 stops dgd (every thread) this long: with the up to 100 ms (one read) already
+#: waiting, still inside the 500 ms ALSA buffer (dgd.daemon.alsadevice.ALSA_BUFFER_MS), so the
+#: kernel keeps every sample meanwhile; well beyond the ~180 ms that used to move the times.
+LATE_S: Final = 0.3
+
+
+def scenario_11(ctx: Context) -> str:
+    """The capture thread runs late: dgd is stopped (SIGSTOP: every thread) for 0.3 s in the
+    middle of an utterance, inside the ALSA buffer, on the kernel's own sound driver. Nothing
+    is lost (no overrun, every utterance byte-exact) and the capture times do not move:
+    every transcript's DGD_START/DGD_END within scenario 1's tolerance of when its audio was
+    played, those after the delay included."""
+    stop_dgd()
+    write_config()
+    cursor = journal_cursor()
+    since = time.time()
+    start_dgd()
+    if wait_event(cursor, "connected", 10) is None:
+        raise ScenarioFailed("dgd did not connect to the fake server within 10 s")
+    time.sleep(STARTUP_GATE_S)
+    pid = int(unit_show("MainPID")["MainPID"])
+    fixture = ctx.fixtures.speech
+    playback = play(fixture)
+    middle = fixture.utterances[1]
+    stop_at = playback.wall(middle.start) + middle.seconds() / 2
+    time.sleep(max(0.0, stop_at - time.time()))
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(LATE_S)
+    os.kill(pid, signal.SIGCONT)
+    playback.wait()
+    n = len(fixture.utterances)
+    transcripts = wait_transcripts(cursor, n, 10)
+    entries = unit_entries(cursor)
+    problems = []
+    if events(entries, "overrun"):
+        problems.append(f"an overrun after a {LATE_S} s delay (the ALSA buffer is 500 ms)")
+    if len(transcripts) != n:
+        problems.append(f"{len(transcripts)} transcripts for {n} utterances")
+    located, lost = locate_utterances(fixture, ctx.server.connections(since))
+    problems += lost
+    errors, late = check_times(playback, located, transcripts)
+    problems += late
+    if problems:
+        problems.append("errors (DGD_START, DGD_END per transcript, s): " + " ".join(
+            f"{e:+.3f}" for e in errors))  # fmt: skip
+        raise ScenarioFailed("; ".join(problems))
+    return (
+        f"dgd stopped {LATE_S} s in utterance 2; no overrun; {n}/{n} utterances byte-exact; "
+        f"DGD_START/DGD_END within {max(map(abs, errors)):.3f} s of playback "
+        f"({' '.join(f'{e:+.3f}' for e in errors)})"
+    )
+
+
 def sent_at(entry: Entry) -> float:
     """When dgd sent the record (journald's socket timestamp), else when journald stored it."""
     return int(str(entry.get("_SOURCE_REALTIME_TIMESTAMP", entry["__REALTIME_TIMESTAMP"]))) / 1e6
@@ -1318,8 +1371,9 @@ SCENARIOS: Final[dict[str, tuple[str, Callable[[Context], str]]]] = {
     "8": ("wall-clock-steps", scenario_8),
     "9": ("notify-reload", scenario_9),
     "10": ("device-format", scenario_10),
+    "11": ("capture-runs-late", scenario_11),
 }
-PHASES: Final = {"1": ("1", "2", "3", "8", "9", "10", "7", "4"), "2": ("5", "6")}
+PHASES: Final = {"1": ("1", "11", "2", "3", "8", "9", "10", "7", "4"), "2": ("5", "6")}
 
 
 def run_scenario(ctx: Context, number: str) -> None:
