@@ -195,6 +195,8 @@ def test_an_error_message_is_logged_with_its_code_and_the_daemon_reconnects(
             ("error-INTERNAL_SERVER_ERROR", "transient")
         ], diag
         assert "INTERNAL_SERVER_ERROR: injected by the test" in lost[0]["MESSAGE"], lost[0]
-        assert "close 1011" in lost[0]["MESSAGE"], lost[0]
+        # The server's 1011; or 1006 when a send raced its close frame on trio-websocket 0.9
+        # (Debian 12), which reports the refused send before the reader has seen the frame.
+        assert "close 1011" in lost[0]["MESSAGE"] or "close 1006" in lost[0]["MESSAGE"], lost[0]
         rig.check_no_audio_lost()
         rig.check_transcripts()
