@@ -9,6 +9,9 @@ FifoMic-fed ``file`` PCM).
 
 The SDK has no URL option: its address comes from the client's environment, so a custom
 ``DeepgramClientEnvironment`` points every endpoint at the local server (docs/DEEPGRAM.md §7).
+Over ``wss://`` the live client (``websockets.sync.client.connect``, called without ``ssl=``)
+builds ``ssl.create_default_context()``: a private CA is trusted through ``SSL_CERT_FILE``,
+which replaces the system bundle for the process (bench/perf.py sets it).
 The SDK's ``websockets`` client offers permessage-deflate; ``dgd fake-server``
 (trio-websocket, which accepts no extensions) declines it, so frames go uncompressed, like
 dgd's.
@@ -64,20 +67,23 @@ def open_pcm(device: str, period_ms: int) -> Any:
 
 
 def local_environment(url: str) -> DeepgramClientEnvironment:
-    """An SDK environment whose every endpoint is the server at ``url`` (ws://HOST:PORT/...)."""
-    netloc = urlsplit(url).netloc
+    """An SDK environment whose every endpoint is the server at ``url`` (``ws://HOST:PORT/...``
+    or ``wss://``: then the REST endpoints are ``https://``)."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    ws, http = ("wss", "https") if tls else ("ws", "http")
     return DeepgramClientEnvironment(
-        base=f"http://{netloc}",
-        production=f"ws://{netloc}",
-        agent=f"ws://{netloc}",
-        agent_rest=f"http://{netloc}",
+        base=f"{http}://{parts.netloc}",
+        production=f"{ws}://{parts.netloc}",
+        agent=f"{ws}://{parts.netloc}",
+        agent_rest=f"{http}://{parts.netloc}",
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True, help="ALSA capture PCM name")
-    parser.add_argument("--url", required=True, help="ws://HOST:PORT/v1/listen")
+    parser.add_argument("--url", required=True, help="ws[s]://HOST:PORT/v1/listen")
     parser.add_argument("--period-ms", type=int, default=20)
     parser.add_argument("--frame-ms", type=int, default=20)
     args = parser.parse_args()

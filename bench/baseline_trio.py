@@ -5,6 +5,8 @@ What a developer writes without dgd's design: a trio task reads one ALSA period 
 period), joins ``--frame-ms`` worth of periods and sends them with ``ws.send_message``; a
 second task reads and JSON-decodes the server's messages. No gate, no keep-alive, no
 reconnect. It captures through the same real ALSA path as dgd (a FifoMic-fed ``file`` PCM).
+Over ``wss://`` trio-websocket wraps the TCP stream in ``trio.SSLStream`` with
+``ssl.create_default_context()`` (a private CA: ``SSL_CERT_FILE``), as dgd does.
 
 "Ready" is defined like dgd's ``READY=1``: imports done and the capture device open, before
 the network is touched; it is signalled by sending ``READY=1`` to ``$NOTIFY_SOCKET``.
@@ -92,7 +94,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", required=True, help="ALSA capture PCM name")
-    parser.add_argument("--url", required=True, help="ws://HOST:PORT/v1/listen")
+    parser.add_argument("--url", required=True, help="ws[s]://HOST:PORT/v1/listen")
     parser.add_argument("--period-ms", type=int, default=20)
     parser.add_argument("--frame-ms", type=int, default=20)
     trio.run(run, parser.parse_args())

@@ -5,7 +5,8 @@ a FifoMic at real-time pace, each write one of the client's ALSA reads) and stre
 real ``dgd fake-server`` on 127.0.0.1. Runs are interleaved round-robin, one process at a
 time. Measured per run:
 
-- CPU % of one core: utime+stime of all threads (/proc/PID/stat) over the audio window;
+- CPU % of one core: utime+stime of all threads (/proc/PID/stat) over the audio window (the
+  user-space and kernel parts are kept too, ``user_pct`` and ``system_pct``);
 - wake-ups/s: voluntary + involuntary context switches summed over /proc/PID/task/*/status
   (a proxy: every time a thread blocks or is preempted; threads that exit lose their count);
 - WebSocket messages/s: binary + text messages in the server's recording within the window
@@ -20,9 +21,18 @@ time. Measured per run:
 - catch-up: dgd started with no server, fed a backlog, then the server started: time until
   the backlog is on the server.
 
+The ``tls`` part runs every client over ``ws://`` and over ``wss://`` (the fake server with a
+certificate from a throwaway CA made with the openssl CLI), each pair back to back, and
+reports the TLS overhead of each client as a ratio and as CPU time per WebSocket message. dgd
+trusts the CA through ``deepgram.ca_file``; the baselines through ``SSL_CERT_FILE`` (the SDK's
+live client takes no SSL context: its ``websockets`` client, like trio-websocket, builds
+``ssl.create_default_context()``, which reads that variable). ``tlscallgrind`` counts
+instructions per audio second over both transports.
+
 Usage (from the repository root, daemon venv; baselines run in the bench venv):
-    .venv/bin/python bench/perf.py            # full run, about 30 min
-    .venv/bin/python bench/perf.py --quick    # smoke run, about 3 min
+    .venv/bin/python bench/perf.py            # full run, about 60 min
+    .venv/bin/python bench/perf.py --quick    # smoke run, about 10 min
+    .venv/bin/python bench/perf.py --tls      # the TLS parts alone, about 30 min
 Results: a table on stdout and ``bench/results/perf-<date>.json`` (``--out`` to change).
 """
 
@@ -35,7 +45,9 @@ import datetime as dt
 import json
 import os
 import platform
+import queue
 import random
+import re
 import shutil
 import signal
 import socket
@@ -91,6 +103,11 @@ VALGRIND_READY_TIMEOUT_S: Final = 300.0
 #: The venv bench/setup builds (Deepgram's SDK lives there, never in dgd's venv).
 DEFAULT_BENCH_PYTHON: Final = str(Path(__file__).resolve().parent / ".venv" / "bin" / "python")
 HERE: Final = Path(__file__).resolve().parent
+#: Proxy variables are dropped from every client's environment: dgd (``deepgram.proxy = ""``)
+#: and the SDK's ``websockets`` client both honour them, and the bench talks to 127.0.0.1.
+PROXY_VARIABLES: Final = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+SERVER_START_TIMEOUT_S: Final = 20.0
+_LISTENING_RE: Final = re.compile(r"listening on (wss?://\S+)")
 
 
 # --------------------------------------------------------------------------- audio
@@ -146,10 +163,10 @@ def pure_silence(seconds: float, seed: int = NOISE_SEED) -> bytes:
 # --------------------------------------------------------------------------- process probes
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of every thread of ``pid``, in clock ticks."""
+def cpu_ticks_split(pid: int) -> tuple[int, int]:
+    """(utime, stime) of every thread of ``pid``, in clock ticks: user space, kernel."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
 
 
 def thread_switches(pid: int) -> dict[str, int]:
@@ -215,6 +232,121 @@ class NotifyListener:
         self._sock.close()
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A throwaway CA and a server certificate it signed (PEM files), for 127.0.0.1."""
+
+    ca_pem: Path
+    cert_pem: Path
+    key_pem: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Make a CA and a server certificate for ``127.0.0.1``/``localhost`` with the openssl CLI.
+
+    ECDSA P-256 keys, valid for two days; the extensions (key usage, key identifiers) satisfy
+    the strict verification Python 3.13 turns on (``VERIFY_X509_STRICT``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_pem = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    ext = directory / "server.ext"
+    ext.write_text(
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+        "subjectKeyIdentifier = hash\n"
+        "authorityKeyIdentifier = keyid, issuer\n",
+        encoding="ascii",
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca_subject = ["-subj", "/CN=dgd bench throwaway CA"]
+    ca_ext = ["-addext", "basicConstraints = critical, CA:TRUE"]
+    ca_ext += ["-addext", "keyUsage = critical, keyCertSign, cRLSign"]
+    sign = ["-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial", "-extfile", ext]
+    steps = [
+        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_pem, *ca_subject, *ca_ext],
+        ["openssl", "req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, *sign, "-out", cert, "-days", "2"],
+    ]
+    for argv in steps:
+        proc = subprocess.run(
+            [str(a) for a in argv], capture_output=True, text=True, timeout=60, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(str(a) for a in argv[:3])} failed ({proc.returncode}): "
+                f"{proc.stderr.strip()}; is the openssl CLI installed (Debian: openssl)?"
+            )
+    return TlsFiles(ca_pem, cert, key)
+
+
+class TlsServerProcess:
+    """``python -m dgd fake-server --tls-cert --tls-key`` on 127.0.0.1, a free port.
+
+    The same recording as ``FakeServerProcess`` (``record_dir``, ``url``, ``stop``), over
+    ``wss://``."""
+
+    def __init__(self, record_dir: Path, tls: TlsFiles, *, api_key: str) -> None:
+        self.record_dir: Final = record_dir
+        record_dir.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "dgd", "fake-server", "--host", "127.0.0.1", "--port", "0"]
+        argv += ["--record-dir", str(record_dir), "--api-key", api_key]
+        argv += ["--tls-cert", str(tls.cert_pem), "--tls-key", str(tls.key_pem)]
+        self.process: Final = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, text=True, env=package_env()
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.url: Final = self._wait_listening()
+
+    def _drain(self) -> None:
+        # Keep reading so the server never blocks on a full stdout pipe.
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def _wait_listening(self) -> str:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if match := _LISTENING_RE.search(line):
+                return "wss://" + match.group(1).split("://", 1)[1]
+        self.stop()
+        raise RuntimeError(
+            "`dgd fake-server --tls-cert --tls-key` did not print 'listening on ...' within "
+            f"{SERVER_START_TIMEOUT_S:.0f} s (exit code {self.process.poll()}; its stderr is "
+            "above): does this checkout's fake server have --tls-cert?"
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> int:
+        """SIGTERM the server and wait; SIGKILL if it does not stop. Returns its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(record_dir: Path, tls: TlsFiles | None) -> FakeServerProcess | TlsServerProcess:
+    """The fake server over ``ws://`` (``tls`` None) or ``wss://`` with ``tls``'s certificate."""
+    if tls is None:
+        return FakeServerProcess(record_dir, api_key=API_KEY)
+    return TlsServerProcess(record_dir, tls, api_key=API_KEY)
+
+
 # --------------------------------------------------------------------------- clients
 
 
@@ -241,10 +373,14 @@ class Client:
         return 1
 
 
-def write_dgd_config(path: Path, url: str, frame_ms: int, jsonl: Path, **stream: float) -> None:
-    """The daemon's config; ``stream`` sets other ``[stream]`` keys (a typo is a TypeError)."""
+def write_dgd_config(
+    path: Path, url: str, frame_ms: int, jsonl: Path, ca_file: str = "", **stream: Any
+) -> None:
+    """The daemon's config; ``ca_file`` is ``deepgram.ca_file`` (the throwaway CA of a
+    ``wss://`` run); ``stream`` sets other ``[stream]`` keys (a typo is a TypeError)."""
+    deepgram = DeepgramConfig(url=url, ca_file=ca_file) if ca_file else DeepgramConfig(url=url)
     config = Config(
-        deepgram=DeepgramConfig(url=url),
+        deepgram=deepgram,
         audio=AudioConfig(device=PCM_NAME, rate=RATE_HZ, channels=1, period_ms=PERIOD_MS),
         gate=GateConfig(mode=GateMode.ENERGY, threshold_dbfs=GATE_THRESHOLD_DBFS),
         stream=replace(StreamConfig(frame_ms=frame_ms), **stream),
@@ -254,11 +390,21 @@ def write_dgd_config(path: Path, url: str, frame_ms: int, jsonl: Path, **stream:
 
 
 def client_argv(
-    client: Client, work: Path, url: str, bench_python: str, **stream: float
+    client: Client,
+    work: Path,
+    url: str,
+    bench_python: str,
+    tls: TlsFiles | None = None,
+    **stream: float,
 ) -> list[str]:
+    """The client's command line; a dgd client gets its config written into ``work``.
+
+    Over ``wss://`` (``tls``), dgd trusts the CA through ``deepgram.ca_file``; the baselines
+    through ``SSL_CERT_FILE`` (see `Harness.env`)."""
     if client.kind in DGD_KINDS:
         conf = work / "dgd.toml"
-        write_dgd_config(conf, url, client.frame_ms, work / "transcripts.jsonl", **stream)
+        ca_file = str(tls.ca_pem) if tls is not None else ""
+        write_dgd_config(conf, url, client.frame_ms, work / "transcripts.jsonl", ca_file, **stream)
         return [sys.executable, "-m", "dgd", "run", "-c", str(conf), "--log-target", "stderr"]
     script = {"sdk": "baseline_sdk.py", "trio": "baseline_trio.py"}[client.kind]
     return [
@@ -284,6 +430,8 @@ class RunResult:
     round: int
     window_s: float
     cpu_pct: float = float("nan")
+    user_pct: float = float("nan")  # the user-space part of cpu_pct (utime)
+    system_pct: float = float("nan")  # the kernel part of cpu_pct (stime)
     wakeups_per_s: float = float("nan")
     messages_per_s: float = float("nan")
     binary_per_s: float = float("nan")
@@ -302,7 +450,7 @@ class Harness:
     """A fake server, a FifoMic and a NOTIFY_SOCKET in one scratch directory."""
 
     work: Path
-    server: FakeServerProcess | None = None
+    server: FakeServerProcess | TlsServerProcess | None = None
     mic: FifoMic | None = None
     notify: NotifyListener | None = None
     proc: subprocess.Popen[bytes] | None = None
@@ -315,13 +463,25 @@ class Harness:
         self.mic = FifoMic(fifo, speed=speed, chunk_periods=chunk_periods)
         return self.mic
 
-    def env(self) -> dict[str, str]:
+    def env(self, client: Client | None = None, tls: TlsFiles | None = None) -> dict[str, str]:
+        """The client's environment (and a NOTIFY_SOCKET listener), without proxy variables.
+
+        A baseline over ``wss://`` trusts the throwaway CA through ``SSL_CERT_FILE`` (OpenSSL's
+        default verify file, which ``ssl.create_default_context()`` loads): the SDK's live
+        client takes no SSL context. dgd never gets it: it must trust the CA by ``ca_file``."""
         self.notify = NotifyListener(self.work / "notify.sock")
-        return package_env(
+        env = package_env(
             ALSA_CONFIG_PATH=alsa_config_path(self.work / "alsa.conf"),
             DEEPGRAM_API_KEY=API_KEY,
             NOTIFY_SOCKET=str(self.notify.path),
         )
+        for name in [*PROXY_VARIABLES, *(v.upper() for v in PROXY_VARIABLES)]:
+            env.pop(name, None)
+        env.pop("SSL_CERT_FILE", None)
+        env.pop("SSL_CERT_DIR", None)
+        if tls is not None and client is not None and client.kind not in DGD_KINDS:
+            env["SSL_CERT_FILE"] = str(tls.ca_pem)
+        return env
 
     def spawn(self, argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], float]:
         self.log = (self.work / "client.log").open("wb")
@@ -475,36 +635,38 @@ def run_once(
     round_no: int,
     bench_python: str,
     profile: dict[str, Any] | None = None,
+    tls: TlsFiles | None = None,
 ) -> RunResult:
     """Start the server, the mic and the client; play ``audio``; measure the window.
 
     With ``profile`` (a dict to fill), py-spy samples the client over the window (which
-    perturbs the figures of this run: profile runs are reported separately).
+    perturbs the figures of this run: profile runs are reported separately). With ``tls``,
+    the server listens on ``wss://`` with its certificate and the client trusts its CA.
     """
     window_s = len(audio) / BYTES_PER_S
     result = RunResult(client.label, scenario, round_no, window_s)
     with tempfile.TemporaryDirectory(prefix="dgd-perf-") as tmp:
         h = Harness(Path(tmp))
         try:
-            h.server = FakeServerProcess(h.work / "server", api_key=API_KEY)
+            h.server = start_server(h.work / "server", tls)
             mic = h.start_mic(client.read_periods)
-            env = h.env()
+            env = h.env(client, tls)
             if client.kind == "dgd-before":
                 # The dgd of another source tree (--before-tree) shadows the installed one.
                 env["PYTHONPATH"] = os.pathsep.join((BEFORE_TREE[0], env["PYTHONPATH"]))
-            argv = client_argv(client, h.work, h.server.url, bench_python)
+            argv = client_argv(client, h.work, h.server.url, bench_python, tls)
             proc, started = h.spawn(argv, env)
             result.ready_ms = wait_ready(h, proc, started, READY_TIMEOUT_S)
             warm_end = mic.bytes_written + int(WARMUP_S * BYTES_PER_S)
             start = mic.play(audio)
             wait_written(h, proc, max(start, warm_end) - PERIOD_BYTES)
             wait_written(h, proc, start)  # the first chunk of the window is out
-            t0, cpu0, cs0 = time.time(), cpu_ticks(proc.pid), thread_switches(proc.pid)
+            t0, cpu0, cs0 = time.time(), cpu_ticks_split(proc.pid), thread_switches(proc.pid)
             spy = None
             if profile is not None:
                 spy = start_py_spy(bench_python, proc.pid, window_s - 0.5, h.work / "spy.txt")
             wait_written(h, proc, start + len(audio))
-            t1, cpu1, cs1 = time.time(), cpu_ticks(proc.pid), thread_switches(proc.pid)
+            t1, cpu1, cs1 = time.time(), cpu_ticks_split(proc.pid), thread_switches(proc.pid)
             result.peak_rss_mb = peak_rss_mb(proc.pid)
             if spy is not None and profile is not None:
                 spy.wait(30)
@@ -512,7 +674,9 @@ def run_once(
             time.sleep(TAIL_S)
             timeline = mic.timeline
             span = t1 - t0
-            result.cpu_pct = (cpu1 - cpu0) / CLK_TCK / span * 100
+            result.user_pct = (cpu1[0] - cpu0[0]) / CLK_TCK / span * 100
+            result.system_pct = (cpu1[1] - cpu0[1]) / CLK_TCK / span * 100
+            result.cpu_pct = result.user_pct + result.system_pct
             result.threads_wakeups_per_s = switch_rates(cs0, cs1, span)
             result.wakeups_per_s = sum(result.threads_wakeups_per_s.values())
             binaries, records = received_messages(h.server.record_dir)
@@ -595,16 +759,23 @@ def summarize_py_spy(path: Path, top: int = 25) -> dict[str, Any]:
 # --------------------------------------------------------------------------- callgrind
 
 
-def callgrind_run(client: Client, audio: bytes, speed: float, bench_python: str) -> dict[str, Any]:
-    """Instructions per audio second for ``audio`` played at ``speed`` under callgrind."""
-    out: dict[str, Any] = {"client": client.label, "audio_s": len(audio) / BYTES_PER_S}
+def callgrind_run(
+    client: Client, audio: bytes, speed: float, bench_python: str, tls: TlsFiles | None = None
+) -> dict[str, Any]:
+    """Instructions per audio second for ``audio`` played at ``speed`` under callgrind
+    (over ``wss://`` with ``tls``), and the WebSocket messages per audio second."""
+    out: dict[str, Any] = {
+        "client": client.label,
+        "transport": "wss" if tls is not None else "ws",
+        "audio_s": len(audio) / BYTES_PER_S,
+    }
     with tempfile.TemporaryDirectory(prefix="dgd-perf-cg-") as tmp:
         h = Harness(Path(tmp))
         try:
-            h.server = FakeServerProcess(h.work / "server", api_key=API_KEY)
+            h.server = start_server(h.work / "server", tls)
             mic = h.start_mic(client.read_periods, speed=speed)
-            env = h.env()
-            argv = client_argv(client, h.work, h.server.url, bench_python)
+            env = h.env(client, tls)
+            argv = client_argv(client, h.work, h.server.url, bench_python, tls)
             cg_out = h.work / "callgrind.out"
             vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg_out}.%p"]
             proc, started = h.spawn([*vg, *argv], env)
@@ -629,15 +800,17 @@ def callgrind_run(client: Client, audio: bytes, speed: float, bench_python: str)
             # Audio the client actually handled in the window: what reached the server between
             # zeroing and dumping. (The FIFO holds up to 64 KiB, 2 s, so the writer's progress
             # can run ahead of a client slowed by valgrind.)
-            sent = sum(
-                int(r["len"])
+            in_window = [
+                r
                 for r in server_records(h.server.record_dir)
-                if r.get("kind") == "binary" and t0 <= r["t"] <= t1
-            )
+                if r.get("kind") in ("binary", "text") and t0 <= r["t"] <= t1
+            ]
+            sent = sum(int(r["len"]) for r in in_window if r["kind"] == "binary")
             out["audio_s_sent"] = sent / BYTES_PER_S
             if sent == 0:
                 raise RuntimeError("the client sent no audio during the callgrind window")
             out["ir_per_audio_s"] = ir / out["audio_s_sent"]
+            out["messages_per_audio_s"] = len(in_window) / out["audio_s_sent"]
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             out["error"] = str(exc)[-3000:]
         finally:
@@ -759,10 +932,13 @@ class Plan:
     callgrind_speed: float
     catchup_backlog_s: float
     profile_s: float
+    #: dgd's frame sizes in the ``tls`` parts (the baselines send 20 ms frames): 100 ms is
+    #: the default, 20 ms sends as many messages as the baselines.
+    tls_frame_ms: tuple[int, ...] = (100, 20)
 
 
 FULL: Final = Plan(3, 60.0, 100, 20, 1, (20, 40, 100, 200), 30.0, 100, 10.0, 0.5, 60.0, 30.0)
-QUICK: Final = Plan(1, 12.0, 100, 20, 1, (20, 200), 8.0, 100, 3.0, 0.5, 10.0, 8.0)
+QUICK: Final = Plan(1, 12.0, 100, 20, 1, (20, 200), 8.0, 100, 3.0, 0.5, 10.0, 8.0, (100, 20))
 
 
 def median(values: list[float]) -> float:
@@ -791,11 +967,13 @@ def run_plan(
     bare = Client("trio", plan.baseline_frame_ms)
     runs: list[RunResult] = []
 
-    def one(client: Client, scenario: str, audio: bytes, r: int) -> None:
+    def one(
+        client: Client, scenario: str, audio: bytes, r: int, tls: TlsFiles | None = None
+    ) -> None:
         if only is not None and client.kind not in only:
             return
         log(f"[round {r}] {client.label} {scenario} ({len(audio) / BYTES_PER_S:.0f} s)...")
-        res = run_once(client, scenario, audio, r, bench_python)
+        res = run_once(client, scenario, audio, r, bench_python, tls=tls)
         log(f"    {_brief(res)}")
         runs.append(res)
 
@@ -819,6 +997,19 @@ def run_plan(
             if r <= plan.baseline_silence_rounds:
                 for c in (sdk, bare):
                     one(c, "silence80", silence, r)
+    tls_dir = Path(tempfile.mkdtemp(prefix="dgd-perf-tls-"))
+    tls = make_tls_files(tls_dir) if parts & {"tls", "tlscallgrind"} else None
+    tls_clients = [Client("dgd", f) for f in plan.tls_frame_ms] + [sdk, bare]
+    if "tls" in parts and tls is not None:
+        # Each client over ws:// and over wss:// back to back (the order of the two
+        # alternating by round), the clients' order rotating by round: the wss/ws ratio of a
+        # client compares two adjacent runs, so slow drift in the machine's load cancels.
+        for r in range(1, plan.rounds + 1):
+            k = (r - 1) % len(tls_clients)
+            for c in tls_clients[k:] + tls_clients[:k]:
+                for transport in (None, tls) if r % 2 else (tls, None):
+                    scenario = "speech-ws" if transport is None else "speech-wss"
+                    one(c, scenario, speech, r, transport)
     sweep: list[RunResult] = []
     if "sweep" in parts:
         sweep_audio = continuous_speech(plan.sweep_window_s, seed=NOISE_SEED + 2)
@@ -842,6 +1033,19 @@ def run_plan(
             res_cg = callgrind_run(c, cg_audio, plan.callgrind_speed, bench_python)
             log(f"    {res_cg}")
             callgrind.append(res_cg)
+    tls_callgrind: list[dict[str, Any]] = []
+    if "tlscallgrind" in parts and tls is not None:
+        cg_audio = continuous_speech(plan.callgrind_audio_s, seed=NOISE_SEED + 3)
+        for c in tls_clients:
+            if only is not None and c.kind not in only:
+                continue
+            for transport in (None, tls):
+                name = "ws" if transport is None else "wss"
+                log(f"[tls callgrind] {c.label} over {name} ({plan.callgrind_audio_s:.0f} s)")
+                res_cg = callgrind_run(c, cg_audio, plan.callgrind_speed, bench_python, transport)
+                log(f"    {res_cg}")
+                tls_callgrind.append(res_cg)
+    shutil.rmtree(tls_dir, ignore_errors=True)
     align: list[RunResult] = []
     if "align" in parts:
         # Where the gate opens within dgd's 100 ms read decides whether its frames end with a
@@ -882,6 +1086,7 @@ def run_plan(
         "catchup": catchup,
         "profiles": profiles,
         "align": [asdict(r) for r in align],
+        "tls_callgrind": tls_callgrind,
     }
 
 
@@ -990,7 +1195,85 @@ def summarize(data: dict[str, Any]) -> dict[str, Any]:
             if values:
                 # Run-to-run noise on a shared machine is a few percent; 1.1 flags a real cost.
                 target(f"info: {scenario} {metric} dgd / dgd before <= 1.1", values, 1.1)
-    return {"medians": medians, "targets": targets}
+    return {
+        "medians": medians,
+        "targets": targets,
+        "tls": summarize_tls(runs, sdk),
+        "tls_callgrind": summarize_tls_callgrind(data.get("tls_callgrind", [])),
+    }
+
+
+def summarize_tls(runs: list[dict[str, Any]], sdk: str) -> dict[str, Any]:
+    """The ``tls`` part: per client, ws:// and wss:// medians, the per-round wss/ws ratios,
+    the CPU time TLS adds per WebSocket message, and dgd / SDK per transport.
+
+    Added CPU per message = (CPU over wss - CPU over ws, same round) / messages per second
+    over wss (both directions: audio out, results in), in microseconds of CPU."""
+
+    def by_round(client: str, scenario: str, metric: str) -> dict[int, float]:
+        return {
+            r["round"]: r.get(metric, float("nan"))  # user/system_pct: not in older results
+            for r in runs
+            if r["client"] == client and r["scenario"] == scenario
+        }
+
+    clients = sorted(
+        {r["client"] for r in runs if r["scenario"] == "speech-wss"},
+        key=lambda c: (c.split("@")[0] != "dgd", c.split("@")[0], -int(c.split("@")[1][:-2])),
+    )
+    out: dict[str, Any] = {"clients": {}, "vs_sdk": {}}
+    for c in clients:
+        row: dict[str, Any] = {}
+        metrics = ("cpu_pct", "user_pct", "system_pct", "peak_rss_mb", "messages_per_s")
+        for metric in (*metrics, "latency_p99_ms"):
+            ws, wss = by_round(c, "speech-ws", metric), by_round(c, "speech-wss", metric)
+            row[metric] = {"ws": median(list(ws.values())), "wss": median(list(wss.values()))}
+            row[metric]["wss_over_ws"] = [wss[k] / ws[k] for k in sorted(wss) if ws.get(k)]
+            row[metric]["ratio_median"] = median(row[metric]["wss_over_ws"])
+        cpu_ws, cpu_wss = by_round(c, "speech-ws", "cpu_pct"), by_round(c, "speech-wss", "cpu_pct")
+        msgs = by_round(c, "speech-wss", "messages_per_s")
+        added = [
+            (cpu_wss[k] - cpu_ws[k]) / 100 / msgs[k] * 1e6
+            for k in sorted(cpu_wss)
+            if k in cpu_ws and msgs.get(k)
+        ]
+        row["added_cpu_us_per_message"] = {"per_round": added, "median": median(added)}
+        row["runs"] = len(cpu_wss)
+        out["clients"][c] = row
+    for c in clients:
+        if c == sdk or not c.startswith("dgd@"):
+            continue
+        entry: dict[str, Any] = {}
+        for metric in ("cpu_pct", "peak_rss_mb"):
+            for scenario in ("speech-ws", "speech-wss"):
+                a, b = by_round(c, scenario, metric), by_round(sdk, scenario, metric)
+                values = [a[k] / b[k] for k in sorted(a) if b.get(k)]
+                entry[f"{metric} {scenario[7:]}"] = {"per_round": values, "median": median(values)}
+        out["vs_sdk"][c] = entry
+    return out
+
+
+def summarize_tls_callgrind(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Instructions per audio second over ws:// and wss:// per client, and what TLS adds per
+    WebSocket message (instructions, both directions)."""
+    out: dict[str, Any] = {}
+    for r in results:
+        if "ir_per_audio_s" in r:
+            out.setdefault(r["client"], {})[r["transport"]] = r
+    rows: dict[str, Any] = {}
+    for client, by_transport in out.items():
+        ws, wss = by_transport.get("ws"), by_transport.get("wss")
+        if ws is None or wss is None:
+            continue
+        rows[client] = {
+            "ir_per_audio_s_ws": ws["ir_per_audio_s"],
+            "ir_per_audio_s_wss": wss["ir_per_audio_s"],
+            "wss_over_ws": wss["ir_per_audio_s"] / ws["ir_per_audio_s"],
+            "messages_per_audio_s": wss["messages_per_audio_s"],
+            "added_ir_per_message": (wss["ir_per_audio_s"] - ws["ir_per_audio_s"])
+            / wss["messages_per_audio_s"],
+        }
+    return rows
 
 
 def render(data: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -1005,9 +1288,11 @@ def render(data: dict[str, Any], summary: dict[str, Any]) -> str:
             f"{m['messages_per_s']:.1f} | {m['peak_rss_mb']:.1f} | {m['ready_ms']:.0f} | "
             f"{m['latency_p50_ms']:.1f} / {m['latency_p99_ms']:.1f} | {m['sent_share']:.0%} |"
         )
-    if summary["medians"]:
+    if any(t["per_round"] for t in summary["targets"]):
         lines += ["", "| target | per round | median | met |", "| --- | --- | --- | --- |"]
     for t in summary["targets"] if summary["medians"] else []:
+        if not t["per_round"]:
+            continue  # a part that did not run (e.g. --tls alone)
         per = ", ".join(f"{v:.2f}" for v in t["per_round"])
         lines.append(
             f"| {t['target']} | {per} | {t['median']:.2f} {t['unit']} | "
@@ -1061,18 +1346,72 @@ def render(data: dict[str, Any], summary: dict[str, Any]) -> str:
     cu = data["catchup"]
     if cu:
         lines += ["", f"catch-up: {cu}"]
+    lines += render_tls(summary)
     return "\n".join(lines)
+
+
+def render_tls(summary: dict[str, Any]) -> list[str]:
+    """The ``tls`` and ``tlscallgrind`` tables (empty when those parts did not run)."""
+    lines: list[str] = []
+    tls = summary.get("tls", {})
+    if tls.get("clients"):
+        lines += [
+            "",
+            "| TLS: client, continuous speech | runs | CPU % ws / wss | wss/ws CPU (per round) "
+            "| peak RSS MB ws / wss | wss/ws RSS | msgs/s | CPU added per message µs "
+            "| latency p99 ms ws / wss |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for client, row in tls["clients"].items():
+            cpu, rss = row["cpu_pct"], row["peak_rss_mb"]
+            per = ", ".join(f"{v:.2f}" for v in cpu["wss_over_ws"])
+            lat = row["latency_p99_ms"]
+            lines.append(
+                f"| {client} | {row['runs']} | {cpu['ws']:.2f} / {cpu['wss']:.2f} | "
+                f"{cpu['ratio_median']:.2f} ({per}) | {rss['ws']:.1f} / {rss['wss']:.1f} | "
+                f"{rss['ratio_median']:.2f} | {row['messages_per_s']['wss']:.1f} | "
+                f"{row['added_cpu_us_per_message']['median']:.0f} | "
+                f"{lat['ws']:.1f} / {lat['wss']:.1f} |"
+            )
+        if tls.get("vs_sdk"):
+            lines += [
+                "",
+                "| TLS: ratio to the SDK, per round | CPU ws | CPU wss | peak RSS ws "
+                "| peak RSS wss |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for client, entry in tls["vs_sdk"].items():
+                cells = []
+                for key in ("cpu_pct ws", "cpu_pct wss", "peak_rss_mb ws", "peak_rss_mb wss"):
+                    per = ", ".join(f"{v:.2f}" for v in entry[key]["per_round"])
+                    cells.append(f"{entry[key]['median']:.2f} ({per})")
+                lines.append(f"| {client} / SDK | {' | '.join(cells)} |")
+    cg = summary.get("tls_callgrind", {})
+    if cg:
+        lines += [
+            "",
+            "| TLS: callgrind, continuous speech | instructions per audio s ws / wss | wss/ws "
+            "| msgs per audio s | instructions added per message |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for client, row in cg.items():
+            lines.append(
+                f"| {client} | {row['ir_per_audio_s_ws'] / 1e6:.1f} M / "
+                f"{row['ir_per_audio_s_wss'] / 1e6:.1f} M | {row['wss_over_ws']:.2f} | "
+                f"{row['messages_per_audio_s']:.1f} | {row['added_ir_per_message'] / 1e3:.0f} k |"
+            )
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 3-minute smoke run")
+    parser.add_argument("--quick", action="store_true", help="a 10-minute smoke run")
     parser.add_argument("--rounds", type=int, help="override the number of rounds")
     parser.add_argument("--window-s", type=float, help="override the audio window per run")
     parser.add_argument(
         "--parts",
-        default="main,sweep,align,callgrind,profile,catchup",
-        help="comma list of parts to run",
+        default="main,sweep,align,callgrind,profile,catchup,tls,tlscallgrind",
+        help="comma list of parts to run (tls, tlscallgrind: every client over ws:// and wss://)",
     )
     parser.add_argument(
         "--bench-python",
@@ -1086,8 +1425,28 @@ def main() -> int:
         "with this checkout: the part 'before' runs both, interleaved",
     )
     parser.add_argument("--only", help="comma list of clients to run (dgd,sdk,trio)")
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="only the TLS parts (same as --parts tls,tlscallgrind)",
+    )
     parser.add_argument("--sweep-frame-ms", help="comma list of dgd frame sizes for the sweep")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: merge these results files (rounds renumbered in order) into --out "
+        "and print their tables",
+    )
     args = parser.parse_args()
+    if args.merge:
+        if args.out is None:
+            parser.error("--merge needs --out")
+        write_results(
+            merge_results([json.loads(f.read_text("utf-8")) for f in args.merge]), args.out
+        )
+        return 0
     plan = QUICK if args.quick else FULL
     if args.sweep_frame_ms:
         sweep = tuple(int(f) for f in args.sweep_frame_ms.split(","))
@@ -1097,7 +1456,7 @@ def main() -> int:
         fields["rounds"] = args.rounds or plan.rounds
         fields["window_s"] = args.window_s or plan.window_s
         plan = Plan(**fields)
-    parts = set(args.parts.split(","))
+    parts = {"tls", "tlscallgrind"} if args.tls else set(args.parts.split(","))
     if args.before_tree:
         BEFORE_TREE[0] = str(Path(args.before_tree).resolve())
     elif "before" in parts:
@@ -1116,6 +1475,7 @@ def main() -> int:
         log("valgrind not found: skipping the callgrind part")
     if shutil.which("valgrind") is None:
         parts.discard("callgrind")
+        parts.discard("tlscallgrind")
     began = time.monotonic()
     data = run_plan(plan, args.bench_python, parts, only)
     data["machine"] = {
@@ -1127,21 +1487,47 @@ def main() -> int:
         "quick": args.quick,
         "elapsed_s": round(time.monotonic() - began),
     }
-    summary = summarize(data)
-    data["summary"] = summary
-    table = render(data, summary)
-    print(table)
     out = (
         args.out
         or HERE
         / "results"
         / f"perf-{dt.date.today().isoformat()}{'-quick' if args.quick else ''}.json"
     )
+    write_results(data, out)
+    log(f"in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def write_results(data: dict[str, Any], out: Path) -> None:
+    """Summarize ``data``, print its tables, write it to ``out`` (JSON) and the tables to
+    ``out`` with the suffix ``.md``."""
+    summary = summarize(data)
+    data["summary"] = summary
+    table = render(data, summary)
+    print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
     (out.with_suffix(".md")).write_text(table + "\n", encoding="utf-8")
-    log(f"wrote {out} and {out.with_suffix('.md')} in {time.monotonic() - began:.0f} s")
-    return 0
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+def merge_results(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several results of the same plan as one: the runs of each file after the previous
+    file's, their rounds renumbered (round r of the second of two 3-round files is 3 + r); the
+    other parts' lists concatenated; the machine records kept as a list."""
+    merged: dict[str, Any] = {**files[0], "runs": [], "machine": [], "merged_from": len(files)}
+    list_parts = ("sweep", "callgrind", "align", "tls_callgrind")
+    for part in list_parts:
+        merged[part] = []
+    offset = 0
+    for data in files:
+        merged["runs"] += [{**r, "round": r["round"] + offset} for r in data["runs"]]
+        offset += max((r["round"] for r in data["runs"]), default=0)
+        for part in list_parts:
+            merged[part] += data.get(part, [])
+        merged["machine"].append(data.get("machine", {}))
+    merged.pop("summary", None)
+    return merged
 
 
 def _cpu_model() -> str:
